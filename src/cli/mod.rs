@@ -1,0 +1,83 @@
+//! The command line: one file per subcommand, wiring only.
+
+mod schema;
+mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// GitOps for Function Mesh: validate, render, plan and apply Pulsar Functions, Sources and
+/// Sinks kept in Git.
+#[derive(Debug, Parser)]
+#[command(name = "meshops", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More log output (-v: debug, -vv: trace); logs go to stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check manifests against the schemas, the operator's admission rules and the topic graph.
+    #[command(after_help = validate::AFTER_HELP)]
+    Validate(validate::Args),
+    /// Print the JSON Schema of a kind (for editors and CI tools).
+    #[command(after_help = schema::AFTER_HELP)]
+    Schema(schema::Args),
+}
+
+/// Options shared by every command that reads a repository.
+#[derive(Debug, clap::Args)]
+pub struct LoadArgs {
+    /// Files or directories to read (directories are walked for *.yaml and *.yml).
+    #[arg(value_name = "PATH", default_value = ".")]
+    pub paths: Vec<PathBuf>,
+
+    /// Namespace for objects whose metadata has none.
+    #[arg(long, value_name = "NAMESPACE", default_value = "default")]
+    pub default_namespace: String,
+
+    /// Largest manifest file accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 5 * 1024 * 1024)]
+    pub max_file_size: u64,
+}
+
+impl LoadArgs {
+    pub fn options(&self) -> meshops_load::LoadOptions {
+        meshops_load::LoadOptions {
+            limits: meshops_load::Limits {
+                max_file_bytes: self.max_file_size,
+                ..Default::default()
+            },
+            default_namespace: self.default_namespace.clone(),
+        }
+    }
+}
+
+use crate::load as meshops_load;
+
+/// Exit codes, as documented in `--help`.
+pub mod exit {
+    pub const OK: u8 = 0;
+    pub const INVALID: u8 = 1;
+    pub const USAGE_OR_IO: u8 = 2;
+}
+
+pub fn run(cli: Cli) -> ExitCode {
+    let result = match cli.command {
+        Command::Validate(args) => validate::run(args),
+        Command::Schema(args) => schema::run(args),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::from(exit::USAGE_OR_IO)
+        }
+    }
+}

@@ -1,0 +1,568 @@
+//! Files of a tree → documents with spans.
+//!
+//! A tree is read in two steps so that the git adapter can feed blobs without a working tree:
+//! [`walk`] finds the manifest files under a directory (honouring hidden entries,
+//! `.meshopsignore` and symlinks that leave the root) and [`parse_file`] turns one file's
+//! bytes into typed-by-kind documents. Problems never stop the load: every one is collected,
+//! so `validate` can report them all at once.
+
+mod yaml;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::model::Kind;
+
+pub use yaml::YamlError;
+
+/// 1-based line and column in a source file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Position {
+    pub line: u32,
+    pub col: u32,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)
+    }
+}
+
+/// Where each node of a document was written, by JSON pointer. Map entries point at their key.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Spans(HashMap<String, Position>);
+
+impl Spans {
+    pub fn insert(&mut self, pointer: String, position: Position) {
+        self.0.insert(pointer, position);
+    }
+
+    pub fn get(&self, pointer: &str) -> Option<Position> {
+        self.0.get(pointer).copied()
+    }
+
+    /// The position of `pointer`, or of its nearest ancestor that was written in the file
+    /// (a missing field is reported where its parent is; aliased content where the alias is).
+    pub fn locate(&self, pointer: &str) -> Option<Position> {
+        let mut pointer = pointer;
+        loop {
+            if let Some(position) = self.get(pointer) {
+                return Some(position);
+            }
+            pointer = &pointer[..pointer.rfind('/')?];
+        }
+    }
+}
+
+/// Bounds on what one file may cost to load.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub max_file_bytes: u64,
+    /// Nodes that alias expansion may add to one document.
+    pub max_alias_nodes: usize,
+    pub max_depth: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_bytes: 5 * 1024 * 1024,
+            max_alias_nodes: 10_000,
+            max_depth: 64,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    pub limits: Limits,
+    /// Namespace for objects that do not name one.
+    pub default_namespace: String,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            limits: Limits::default(),
+            default_namespace: "default".into(),
+        }
+    }
+}
+
+/// A file that was read, kept for showing source lines in diagnostics.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SourceFile {
+    /// The path as the user should see it (the root they gave, joined with the relative path).
+    pub path: PathBuf,
+    pub text: String,
+}
+
+impl SourceFile {
+    /// The text of a 1-based line, without its line break.
+    pub fn line(&self, line: u32) -> Option<&str> {
+        self.text.lines().nth((line as usize).checked_sub(1)?)
+    }
+}
+
+/// One manifest: its kind is supported and its value is a mapping with defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Document {
+    /// Index into [`Tree::files`].
+    pub file: usize,
+    pub index: usize,
+    pub kind: Kind,
+    pub start: Position,
+    pub value: Value,
+    pub spans: Spans,
+}
+
+impl Document {
+    pub fn name(&self) -> &str {
+        self.value["metadata"]["name"].as_str().unwrap_or_default()
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.value["metadata"]["namespace"].as_str().unwrap_or_default()
+    }
+
+    /// Where `pointer` was written, falling back to the document start.
+    pub fn position(&self, pointer: &str) -> Position {
+        self.spans.locate(pointer).unwrap_or(self.start)
+    }
+}
+
+/// What went wrong while reading a file; each becomes an error diagnostic.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read: {reason}")]
+    Read { reason: String },
+    #[error("file is {size} bytes, over the {limit}-byte limit")]
+    TooLarge { size: u64, limit: u64 },
+    #[error("file is not valid UTF-8")]
+    NotUtf8,
+    #[error("symlink points outside the repository root (to {target})")]
+    SymlinkEscapes { target: String },
+    #[error("{0}")]
+    Yaml(String),
+    #[error("document is not a mapping")]
+    NotAMapping,
+    #[error("document has no {field}")]
+    MissingType { field: &'static str },
+    #[error("{kind} is cluster-scoped; meshops only manages namespaced objects")]
+    ClusterScoped { kind: String },
+    #[error(
+        "unsupported kind {api_version}/{kind}: a repository holds Function, Source, Sink, \
+         FunctionMesh, BackendConfig (compute.functionmesh.io/v1alpha1), ConfigMap, Secret \
+         or ServiceAccount (v1)"
+    )]
+    UnsupportedKind { api_version: String, kind: String },
+}
+
+impl LoadError {
+    /// Stable code for machines and docs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            LoadError::Read { .. } => "io",
+            LoadError::TooLarge { .. } => "file-too-large",
+            LoadError::NotUtf8 => "not-utf8",
+            LoadError::SymlinkEscapes { .. } => "symlink-escapes-root",
+            LoadError::Yaml(_) => "yaml",
+            LoadError::NotAMapping => "not-a-mapping",
+            LoadError::MissingType { .. } => "missing-type",
+            LoadError::ClusterScoped { .. } => "cluster-scoped-kind",
+            LoadError::UnsupportedKind { .. } => "unsupported-kind",
+        }
+    }
+}
+
+/// A problem found while loading, with where it is.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadProblem {
+    /// Index into [`Tree::files`], or `None` with `path` when the file could not be read.
+    pub file: Option<usize>,
+    pub path: PathBuf,
+    pub position: Option<Position>,
+    /// JSON pointer of the field, when the problem is inside a document.
+    pub pointer: Option<String>,
+    pub error: LoadError,
+}
+
+/// Everything read from one or more roots.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tree {
+    pub files: Vec<SourceFile>,
+    pub documents: Vec<Document>,
+    pub problems: Vec<LoadProblem>,
+}
+
+/// Kinds that exist only at cluster scope; a repository may not hold them.
+const CLUSTER_SCOPED: &[&str] = &[
+    "APIService",
+    "CSIDriver",
+    "CSINode",
+    "CertificateSigningRequest",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ComponentStatus",
+    "CustomResourceDefinition",
+    "FlowSchema",
+    "IngressClass",
+    "MutatingAdmissionPolicy",
+    "MutatingWebhookConfiguration",
+    "Namespace",
+    "Node",
+    "PersistentVolume",
+    "PriorityClass",
+    "PriorityLevelConfiguration",
+    "RuntimeClass",
+    "StorageClass",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+    "ValidatingWebhookConfiguration",
+    "VolumeAttachment",
+];
+
+/// File name of the ignore file, in gitignore syntax, honoured in every directory.
+pub const IGNORE_FILE: &str = ".meshopsignore";
+
+impl Tree {
+    /// Loads `path`: a directory is walked, a file is read as it is.
+    pub fn load(path: &Path, options: &LoadOptions) -> Tree {
+        let mut tree = Tree::default();
+        tree.add_path(path, options);
+        tree
+    }
+
+    /// Adds everything under `path` to the tree.
+    pub fn add_path(&mut self, path: &Path, options: &LoadOptions) {
+        match walk(path) {
+            Ok(entries) => {
+                for entry in entries {
+                    match entry {
+                        Ok(file) => self.add_file(&file, options),
+                        Err(problem) => self.problems.push(problem),
+                    }
+                }
+            }
+            Err(problem) => self.problems.push(problem),
+        }
+    }
+
+    fn add_file(&mut self, path: &Path, options: &LoadOptions) {
+        let problem = |error| LoadProblem {
+            file: None,
+            path: path.to_path_buf(),
+            position: None,
+            pointer: None,
+            error,
+        };
+        let size = match std::fs::metadata(path) {
+            Ok(meta) => meta.len(),
+            Err(err) => {
+                let reason = err.to_string();
+                return self.problems.push(problem(LoadError::Read { reason }));
+            }
+        };
+        if size > options.limits.max_file_bytes {
+            let limit = options.limits.max_file_bytes;
+            return self.problems.push(problem(LoadError::TooLarge { size, limit }));
+        }
+        match std::fs::read(path) {
+            Ok(bytes) => self.add_bytes(path.to_path_buf(), bytes, options),
+            Err(err) => {
+                let reason = err.to_string();
+                self.problems.push(problem(LoadError::Read { reason }))
+            }
+        }
+    }
+
+    /// Parses one file's content (from disk or from a git blob) into the tree.
+    pub fn add_bytes(&mut self, path: PathBuf, bytes: Vec<u8>, options: &LoadOptions) {
+        if bytes.len() as u64 > options.limits.max_file_bytes {
+            let (size, limit) = (bytes.len() as u64, options.limits.max_file_bytes);
+            return self.problems.push(LoadProblem {
+                file: None,
+                path,
+                position: None,
+                pointer: None,
+                error: LoadError::TooLarge { size, limit },
+            });
+        }
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(err) => {
+                let valid = &err.as_bytes()[..err.utf8_error().valid_up_to()];
+                let line = valid.iter().filter(|&&b| b == b'\n').count() as u32 + 1;
+                let col = valid.iter().rev().take_while(|&&b| b != b'\n').count() as u32 + 1;
+                return self.problems.push(LoadProblem {
+                    file: None,
+                    path,
+                    position: Some(Position { line, col }),
+                    pointer: None,
+                    error: LoadError::NotUtf8,
+                });
+            }
+        };
+        let file = self.files.len();
+        let parsed = yaml::parse_documents(text.trim_start_matches('\u{feff}'), &options.limits);
+        self.files.push(SourceFile { path, text });
+        let raw_documents = match parsed {
+            Ok(documents) => documents,
+            Err(err) => {
+                return self.problems.push(LoadProblem {
+                    file: Some(file),
+                    path: self.files[file].path.clone(),
+                    position: Some(err.position),
+                    pointer: None,
+                    error: LoadError::Yaml(err.message),
+                })
+            }
+        };
+        for raw in raw_documents {
+            match classify(&raw.value) {
+                Ok(kind) => {
+                    let mut value = raw.value;
+                    set_default_namespace(&mut value, &options.default_namespace);
+                    self.documents.push(Document {
+                        file,
+                        index: raw.index,
+                        kind,
+                        start: raw.start,
+                        value,
+                        spans: raw.spans,
+                    });
+                }
+                Err((pointer, error)) => {
+                    let position = raw.spans.get(pointer).unwrap_or(raw.start);
+                    self.problems.push(LoadProblem {
+                        file: Some(file),
+                        path: self.files[file].path.clone(),
+                        position: Some(position),
+                        pointer: Some(pointer.to_owned()),
+                        error,
+                    });
+                }
+            }
+        }
+    }
+
+    pub fn file_of(&self, document: &Document) -> &SourceFile {
+        &self.files[document.file]
+    }
+}
+
+/// Resolves a document's kind, or says (with the pointer to blame) why it is not acceptable.
+fn classify(value: &Value) -> Result<Kind, (&'static str, LoadError)> {
+    let Some(map) = value.as_object() else {
+        return Err(("", LoadError::NotAMapping));
+    };
+    let field = |name: &'static str| match map.get(name).and_then(Value::as_str) {
+        Some(s) if !s.is_empty() => Ok(s),
+        _ => Err(("", LoadError::MissingType { field: name })),
+    };
+    let api_version = field("apiVersion")?;
+    let kind = field("kind")?;
+    if let Some(kind) = Kind::from_type(api_version, kind) {
+        return Ok(kind);
+    }
+    if CLUSTER_SCOPED.contains(&kind) {
+        return Err((
+            "/kind",
+            LoadError::ClusterScoped {
+                kind: kind.to_owned(),
+            },
+        ));
+    }
+    Err((
+        "/kind",
+        LoadError::UnsupportedKind {
+            api_version: api_version.to_owned(),
+            kind: kind.to_owned(),
+        },
+    ))
+}
+
+fn set_default_namespace(value: &mut Value, namespace: &str) {
+    if let Some(metadata) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        let missing = metadata
+            .get("namespace")
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty);
+        if missing {
+            metadata.insert("namespace".into(), Value::String(namespace.into()));
+        }
+    }
+}
+
+/// Manifest files under `root` in a stable order (sorted by path). A file given directly is
+/// returned as is. Hidden entries and whatever `.meshopsignore` files list are skipped;
+/// symlinks are followed only to files inside the root.
+pub fn walk(root: &Path) -> Result<Vec<Result<PathBuf, LoadProblem>>, LoadProblem> {
+    let problem = |path: &Path, error| LoadProblem {
+        file: None,
+        path: path.to_path_buf(),
+        position: None,
+        pointer: None,
+        error,
+    };
+    let meta = std::fs::metadata(root).map_err(|err| {
+        problem(
+            root,
+            LoadError::Read {
+                reason: err.to_string(),
+            },
+        )
+    })?;
+    if meta.is_file() {
+        return Ok(vec![Ok(root.to_path_buf())]);
+    }
+    let canonical_root = root.canonicalize().map_err(|err| {
+        problem(
+            root,
+            LoadError::Read {
+                reason: err.to_string(),
+            },
+        )
+    })?;
+    let walker = ignore::WalkBuilder::new(root)
+        .standard_filters(false)
+        .hidden(true)
+        .add_custom_ignore_filename(IGNORE_FILE)
+        .follow_links(false)
+        .sort_by_file_path(|a, b| a.cmp(b))
+        .build();
+    let mut files = Vec::new();
+    for entry in walker {
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(err) => {
+                files.push(Err(problem(
+                    root,
+                    LoadError::Read {
+                        reason: err.to_string(),
+                    },
+                )));
+                continue;
+            }
+        };
+        let path = entry.path();
+        if entry.path_is_symlink() {
+            match path.canonicalize() {
+                Ok(target) if !target.starts_with(&canonical_root) => {
+                    files.push(Err(problem(
+                        path,
+                        LoadError::SymlinkEscapes {
+                            target: target.display().to_string(),
+                        },
+                    )));
+                }
+                Ok(target) if target.is_file() && is_manifest(path) => {
+                    files.push(Ok(path.to_path_buf()))
+                }
+                // Directories behind symlinks are not descended: their files are already
+                // reached through their real path inside the root.
+                Ok(_) => {}
+                Err(err) => files.push(Err(problem(
+                    path,
+                    LoadError::Read {
+                        reason: err.to_string(),
+                    },
+                ))),
+            }
+            continue;
+        }
+        if entry.file_type().is_some_and(|t| t.is_file()) && is_manifest(path) {
+            files.push(Ok(path.to_path_buf()));
+        }
+    }
+    Ok(files)
+}
+
+fn is_manifest(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_str(text: &str) -> Tree {
+        let mut tree = Tree::default();
+        tree.add_bytes("x.yaml".into(), text.as_bytes().to_vec(), &LoadOptions::default());
+        tree
+    }
+
+    #[test]
+    fn classifies_kinds_and_defaults_the_namespace() {
+        let tree = load_str(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n---\n\
+             apiVersion: compute.functionmesh.io/v1alpha1\nkind: Function\nmetadata: {name: f, namespace: prod}\n",
+        );
+        assert!(tree.problems.is_empty(), "{:?}", tree.problems);
+        assert_eq!(tree.documents[0].kind, Kind::ConfigMap);
+        assert_eq!(tree.documents[0].namespace(), "default");
+        assert_eq!(tree.documents[1].kind, Kind::Function);
+        assert_eq!(tree.documents[1].namespace(), "prod");
+    }
+
+    #[test]
+    fn refuses_documents_it_cannot_manage() {
+        let tree = load_str(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\n\
+             apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n---\n\
+             metadata: {name: x}\n---\n- 1\n",
+        );
+        let errors: Vec<_> = tree.problems.iter().map(|p| p.error.code()).collect();
+        assert_eq!(
+            errors,
+            ["cluster-scoped-kind", "unsupported-kind", "missing-type", "not-a-mapping"]
+        );
+        assert_eq!(tree.problems[0].position, Some(Position { line: 2, col: 1 }));
+        assert_eq!(tree.problems[1].position, Some(Position { line: 6, col: 1 }));
+        assert!(tree.documents.is_empty());
+    }
+
+    #[test]
+    fn refuses_non_utf8_with_position() {
+        let mut tree = Tree::default();
+        tree.add_bytes(
+            "bad.yaml".into(),
+            b"a: 1\nb: \xff\n".to_vec(),
+            &LoadOptions::default(),
+        );
+        assert_eq!(tree.problems[0].error, LoadError::NotUtf8);
+        assert_eq!(tree.problems[0].position, Some(Position { line: 2, col: 4 }));
+    }
+
+    #[test]
+    fn refuses_files_over_the_limit() {
+        let options = LoadOptions {
+            limits: Limits {
+                max_file_bytes: 10,
+                ..Limits::default()
+            },
+            ..LoadOptions::default()
+        };
+        let mut tree = Tree::default();
+        tree.add_bytes("big.yaml".into(), vec![b'#'; 11], &options);
+        assert_eq!(
+            tree.problems[0].error,
+            LoadError::TooLarge { size: 11, limit: 10 }
+        );
+    }
+
+    #[test]
+    fn locate_falls_back_to_the_nearest_written_ancestor() {
+        let tree = load_str("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n");
+        let doc = &tree.documents[0];
+        assert_eq!(doc.position("/metadata/name"), Position { line: 4, col: 3 });
+        assert_eq!(doc.position("/metadata/labels/x"), Position { line: 3, col: 1 });
+        assert_eq!(doc.position("/nothing"), doc.start);
+    }
+}

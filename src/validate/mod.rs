@@ -1,0 +1,221 @@
+//! Schema, semantic and graph checks → diagnostics, every problem at once.
+//!
+//! Order per document: JSON Schema (structure), then the typed model, then the operator's
+//! admission rules; a document that fails an earlier stage is not checked further (its later
+//! errors would only echo the first). Then the checks across documents: names, topics,
+//! references. The result keeps the typed manifests so that later stages need not parse again.
+
+mod graph;
+pub mod report;
+pub mod rules;
+mod schema;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::load::{Position, Tree};
+use crate::model::{self, Manifest};
+
+pub use graph::{is_dns_label, is_dns_subdomain, units, Unit};
+pub use rules::Component;
+pub use schema::{SchemaError, Schemas};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+/// A problem inside one document, before it is placed in its file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Stable rule identifier (`schema`, `name-too-long`, …), for machines and docs.
+    pub code: &'static str,
+    /// JSON pointer of the field, relative to the document root.
+    pub pointer: String,
+    pub message: String,
+    pub notes: Vec<String>,
+}
+
+/// A finding and the document (index into [`Tree::documents`]) it belongs to.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Located {
+    pub document: usize,
+    pub finding: Finding,
+}
+
+/// A finding placed in its source: what the user sees.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub code: &'static str,
+    pub message: String,
+    pub file: PathBuf,
+    #[serde(flatten)]
+    pub position: Option<Position>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
+    /// The source line, with Secret values masked.
+    #[serde(skip)]
+    pub source_line: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+/// A document that passed schema and model checks, in its typed form.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Checked {
+    /// Index into [`Tree::documents`].
+    pub document: usize,
+    pub manifest: Manifest,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ValidateOptions {
+    /// Report warnings as errors.
+    pub strict: bool,
+}
+
+/// What validation found: the typed manifests and the diagnostics, sorted by file and line.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Validation {
+    pub checked: Vec<Checked>,
+    pub diagnostics: Vec<Diagnostic>,
+    pub documents: usize,
+    pub files: usize,
+}
+
+impl Validation {
+    pub fn errors(&self) -> usize {
+        self.count(Severity::Error)
+    }
+
+    pub fn warnings(&self) -> usize {
+        self.count(Severity::Warning)
+    }
+
+    fn count(&self, severity: Severity) -> usize {
+        self.diagnostics.iter().filter(|d| d.severity == severity).count()
+    }
+
+    /// Nothing may be applied unless this holds.
+    pub fn is_valid(&self) -> bool {
+        self.errors() == 0
+    }
+}
+
+/// Validates everything in `tree`.
+pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Validation {
+    let mut located: Vec<Located> = Vec::new();
+    let mut checked = Vec::new();
+    for (index, document) in tree.documents.iter().enumerate() {
+        let mut value = document.value.clone();
+        model::drop_nulls(&mut value);
+        let findings = schemas.check(document.kind, &value);
+        if !findings.is_empty() {
+            located.extend(findings.into_iter().map(|finding| Located { document: index, finding }));
+            continue;
+        }
+        model::floats_as_quantities(&mut value);
+        match Manifest::from_value(document.kind, value) {
+            Ok(manifest) => checked.push(Checked { document: index, manifest }),
+            Err(err) => located.push(Located {
+                document: index,
+                finding: Finding {
+                    severity: Severity::Error,
+                    code: "schema",
+                    pointer: err.path,
+                    message: err.message,
+                    notes: Vec::new(),
+                },
+            }),
+        }
+    }
+    let units = graph::units(&checked);
+    for unit in &units {
+        let mut findings = Vec::new();
+        rules::check_component(unit.component, &unit.base, &mut findings);
+        located.extend(findings.into_iter().map(|finding| Located { document: unit.document, finding }));
+    }
+    let describe = |document: usize, pointer: &str| {
+        let doc = &tree.documents[document];
+        format!("{}:{}", tree.file_of(doc).path.display(), doc.position(pointer))
+    };
+    located.extend(graph::check_names(&checked, &units, &describe));
+    located.extend(graph::check_topics(&units));
+    located.extend(graph::check_references(&checked, &units));
+
+    let mut diagnostics: Vec<Diagnostic> = tree
+        .problems
+        .iter()
+        .map(|p| Diagnostic {
+            severity: Severity::Error,
+            code: p.error.code(),
+            message: p.error.to_string(),
+            file: p.path.clone(),
+            position: p.position,
+            pointer: p.pointer.clone(),
+            source_line: p
+                .file
+                .zip(p.position)
+                .and_then(|(f, pos)| tree.files[f].line(pos.line))
+                .map(str::to_owned),
+            notes: Vec::new(),
+        })
+        .collect();
+    diagnostics.extend(located.into_iter().map(|l| place(tree, l)));
+    if options.strict {
+        for d in &mut diagnostics {
+            d.severity = Severity::Error;
+        }
+    }
+    diagnostics.sort_by(|a, b| {
+        (&a.file, a.position, a.severity, &a.message).cmp(&(&b.file, b.position, b.severity, &b.message))
+    });
+    diagnostics.dedup();
+    Validation {
+        checked,
+        diagnostics,
+        documents: tree.documents.len(),
+        files: tree.files.len(),
+    }
+}
+
+/// Places a finding in its file, masking Secret values: neither the message nor the source
+/// line of a finding under a Secret's `data`/`stringData` may show the value.
+fn place(tree: &Tree, located: Located) -> Diagnostic {
+    let document = &tree.documents[located.document];
+    let file = tree.file_of(document);
+    let position = document.position(&located.finding.pointer);
+    let mut message = located.finding.message;
+    let mut source_line = file.line(position.line).map(str::to_owned);
+    let secret_value = document.kind == model::Kind::Secret
+        && (located.finding.pointer.starts_with("/data/") || located.finding.pointer.starts_with("/stringData/"));
+    if secret_value {
+        let key = located.finding.pointer.rsplit('/').next().unwrap_or_default();
+        message = format!("invalid value for Secret key \"{key}\" (value hidden)");
+        source_line = source_line.map(|line| mask_value(&line));
+    }
+    Diagnostic {
+        severity: located.finding.severity,
+        code: located.finding.code,
+        message,
+        file: file.path.clone(),
+        position: Some(position),
+        pointer: Some(located.finding.pointer),
+        source_line,
+        notes: located.finding.notes,
+    }
+}
+
+/// `  password: hunter2` → `  password: ******`.
+fn mask_value(line: &str) -> String {
+    match line.find(':') {
+        Some(i) if line[i + 1..].trim().is_empty() => line.to_owned(),
+        Some(i) => format!("{}: ******", &line[..i]),
+        None => "******".to_owned(),
+    }
+}
