@@ -50,6 +50,7 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<RawDocument>, 
                 builder.anchors.clear();
                 builder.expanded = 0;
                 let (event, mark) = builder.next()?;
+                let mark = builder.start_mark(&event, mark);
                 let start = position(&mark);
                 let mut pointer = String::new();
                 let (value, _) = builder.node(event, mark, &mut pointer, 0)?;
@@ -98,6 +99,17 @@ impl Builder<'_> {
             position: position(err.marker()),
             message: format!("invalid YAML: {}", err.info()),
         })
+    }
+
+    /// Where a node starts. yaml-rust2 marks a block mapping where it recognised its first
+    /// key (at the `:`), so a mapping is placed at its first key instead.
+    fn start_mark(&mut self, event: &Event, mark: Marker) -> Marker {
+        if matches!(event, Event::MappingStart(..)) {
+            if let Ok((Event::Scalar(..), key_mark)) = self.parser.peek() {
+                return *key_mark;
+            }
+        }
+        mark
     }
 
     fn error<T>(&self, mark: &Marker, message: String) -> Result<T, YamlError> {
@@ -155,6 +167,7 @@ impl Builder<'_> {
                     let len = pointer.len();
                     pointer.push('/');
                     pointer.push_str(&items.len().to_string());
+                    let mark = self.start_mark(&event, mark);
                     self.spans.insert(pointer.clone(), position(&mark));
                     let (item, n) = self.node(event, mark, pointer, depth + 1)?;
                     pointer.truncate(len);

@@ -475,7 +475,9 @@ pub struct CryptoSecret {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct WindowConfig {
-    pub actual_window_function_class_name: String,
+    /// Required by the CRD, but the operator overwrites it with `className`; optional here
+    /// so the operator's own window samples (which omit it) stay valid.
+    pub actual_window_function_class_name: Option<String>,
     pub window_length_count: Option<i32>,
     pub window_length_duration_ms: Option<i64>,
     pub sliding_interval_count: Option<i32>,

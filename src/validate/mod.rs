@@ -115,8 +115,16 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
         let mut value = document.value.clone();
         model::drop_nulls(&mut value);
         let findings = schemas.check(document.kind, &value);
-        if !findings.is_empty() {
-            located.extend(findings.into_iter().map(|finding| Located { document: index, finding }));
+        let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
+        for finding in &findings {
+            // Ignored legacy fields are dropped so the typed model (which rejects unknown
+            // fields) sees what the operator sees.
+            if finding.severity == Severity::Warning {
+                remove_pointer(&mut value, &finding.pointer);
+            }
+        }
+        located.extend(findings.into_iter().map(|finding| Located { document: index, finding }));
+        if has_errors {
             continue;
         }
         model::floats_as_quantities(&mut value);
@@ -208,6 +216,16 @@ fn place(tree: &Tree, located: Located) -> Diagnostic {
         pointer: Some(located.finding.pointer),
         source_line,
         notes: located.finding.notes,
+    }
+}
+
+fn remove_pointer(value: &mut serde_json::Value, pointer: &str) {
+    let Some((parent, key)) = pointer.rsplit_once('/') else {
+        return;
+    };
+    let key = key.replace("~1", "/").replace("~0", "~");
+    if let Some(map) = value.pointer_mut(parent).and_then(serde_json::Value::as_object_mut) {
+        map.remove(&key);
     }
 }
 

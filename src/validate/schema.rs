@@ -25,11 +25,14 @@ pub enum SchemaError {
 /// part.
 pub struct Schemas {
     validators: HashMap<Kind, Validator>,
+    /// Every property name a kind's schema knows, for "did you mean" hints.
+    fields: HashMap<Kind, Vec<String>>,
 }
 
 impl Schemas {
     pub fn new() -> Result<Schemas, SchemaError> {
         let mut validators = HashMap::new();
+        let mut fields = HashMap::new();
         for kind in Kind::ALL {
             let value: Value = serde_json::from_str(schema::embedded(kind))
                 .map_err(|source| SchemaError::Parse { kind, source })?;
@@ -40,8 +43,13 @@ impl Schemas {
                 }
             })?;
             validators.insert(kind, validator);
+            let mut names = Vec::new();
+            collect_property_names(&value, &mut names);
+            names.sort();
+            names.dedup();
+            fields.insert(kind, names);
         }
-        Ok(Schemas { validators })
+        Ok(Schemas { validators, fields })
     }
 
     /// Every schema violation of `value`, as findings with the pointer of the offending field.
@@ -49,7 +57,85 @@ impl Schemas {
         let Some(validator) = self.validators.get(&kind) else {
             return Vec::new();
         };
-        validator.iter_errors(value).map(|e| finding(&e)).collect()
+        let known = self.fields.get(&kind).map(Vec::as_slice).unwrap_or_default();
+        let mut findings = Vec::new();
+        for error in validator.iter_errors(value) {
+            match &error.kind {
+                ValidationErrorKind::AdditionalProperties { unexpected } => {
+                    let at = error.instance_path.as_str();
+                    findings.extend(unexpected.iter().map(|key| unknown_field(at, key, known)));
+                }
+                _ => findings.push(finding(&error)),
+            }
+        }
+        findings
+    }
+}
+
+/// Fields that older operator releases read on Function and Sink specs (the operator's own
+/// samples still carry them). v0.27 ignores them, so they are worth a warning, not a failure.
+const LEGACY_FIELDS: &[&str] = &["sourceType", "sinkType"];
+
+fn is_component_spec(pointer: &str) -> bool {
+    let Some(rest) = pointer.strip_prefix("/spec") else {
+        return false;
+    };
+    rest.is_empty()
+        || ["/functions/", "/sources/", "/sinks/"].iter().any(|list| {
+            rest.strip_prefix(list)
+                .is_some_and(|i| !i.is_empty() && i.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
+fn unknown_field(at: &str, key: &str, known: &[String]) -> Finding {
+    let pointer = format!("{at}/{}", key.replace('~', "~0").replace('/', "~1"));
+    if LEGACY_FIELDS.contains(&key) && is_component_spec(at) {
+        return Finding {
+            severity: Severity::Warning,
+            code: "legacy-field",
+            pointer,
+            message: format!(
+                "field \"{key}\" was removed from the Function Mesh API and is ignored; delete it"
+            ),
+            notes: Vec::new(),
+        };
+    }
+    let mut notes = Vec::new();
+    if let Some(suggestion) = closest(key, known) {
+        notes.push(format!("did you mean \"{suggestion}\"?"));
+    }
+    Finding {
+        severity: Severity::Error,
+        code: "unknown-field",
+        pointer,
+        message: format!("unknown field \"{key}\""),
+        notes,
+    }
+}
+
+/// The known field most like `key`: same letters in another case, or a small edit away.
+fn closest<'a>(key: &str, known: &'a [String]) -> Option<&'a str> {
+    if let Some(same) = known.iter().find(|k| k.eq_ignore_ascii_case(key)) {
+        return Some(same);
+    }
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(key, k), k))
+        .filter(|(distance, k)| *distance <= 2.min(k.len() / 3).max(1))
+        .min()
+        .map(|(_, k)| k.as_str())
+}
+
+fn collect_property_names(schema: &Value, names: &mut Vec<String>) {
+    match schema {
+        Value::Object(map) => {
+            if let Some(Value::Object(properties)) = map.get("properties") {
+                names.extend(properties.keys().cloned());
+            }
+            map.values().for_each(|v| collect_property_names(v, names));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_property_names(v, names)),
+        _ => {}
     }
 }
 
@@ -57,15 +143,6 @@ fn finding(error: &ValidationError<'_>) -> Finding {
     let at = error.instance_path.as_str().to_owned();
     let field = at.rsplit('/').next().unwrap_or_default();
     let (pointer, message) = match &error.kind {
-        ValidationErrorKind::AdditionalProperties { unexpected } => {
-            let key = unexpected.first().cloned().unwrap_or_default();
-            let message = if unexpected.len() == 1 {
-                format!("unknown field \"{key}\"")
-            } else {
-                format!("unknown fields {}", quoted(unexpected))
-            };
-            (format!("{at}/{}", key.replace('~', "~0").replace('/', "~1")), message)
-        }
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             (at.clone(), format!("missing required field \"{name}\""))
@@ -93,12 +170,4 @@ fn finding(error: &ValidationError<'_>) -> Finding {
 
 fn is_quantity_like(instance: &Value) -> bool {
     instance.is_string() || instance.is_number()
-}
-
-fn quoted(items: &[String]) -> String {
-    items
-        .iter()
-        .map(|s| format!("\"{s}\""))
-        .collect::<Vec<_>>()
-        .join(", ")
 }
