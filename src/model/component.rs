@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::StatefulSetPersistentVolumeClaimRetentionPolicy;
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, ResourceRequirements, VolumeMount};
+use k8s_openapi::api::core::v1::{
+    PersistentVolumeClaimSpec, PersistentVolumeClaimStatus, ResourceRequirements, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
@@ -117,6 +120,20 @@ macro_rules! component_spec {
     };
 }
 
+/// A `corev1.PersistentVolumeClaim` as written in `volumeClaimTemplates`. k8s-openapi's own
+/// type always writes apiVersion and kind back, which would make a manifest gain fields on
+/// the way through the model; here they stay optional, as in the Go type.
+#[skip_serializing_none]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VolumeClaimTemplate {
+    pub api_version: Option<String>,
+    pub kind: Option<String>,
+    pub metadata: Option<ObjectMeta>,
+    pub spec: Option<PersistentVolumeClaimSpec>,
+    pub status: Option<PersistentVolumeClaimStatus>,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub enum ImagePullPolicy {
     Always,
@@ -145,7 +162,7 @@ component_spec! {
         subscription_position: Option<SubscriptionPosition>,
         skip_to_latest: Option<bool>,
         window_config: Option<WindowConfig>,
-        volume_claim_templates: Option<Vec<PersistentVolumeClaim>>,
+        volume_claim_templates: Option<Vec<VolumeClaimTemplate>>,
         persistent_volume_claim_retention_policy: Option<StatefulSetPersistentVolumeClaimRetentionPolicy>,
     }
 }
