@@ -15,7 +15,8 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            EnvFilter::try_from_env("MESHOPS_LOG").unwrap_or_else(|_| EnvFilter::new(default_level)),
+            EnvFilter::try_from_env("MESHOPS_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default_level)),
         )
         .init();
     meshops::cli::run(cli)

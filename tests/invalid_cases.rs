@@ -18,11 +18,20 @@ struct Expectation {
 }
 
 fn expectation(text: &str) -> Expectation {
-    let header = text.lines().next().unwrap().strip_prefix("# expect: ").unwrap();
+    let header = text
+        .lines()
+        .next()
+        .unwrap()
+        .strip_prefix("# expect: ")
+        .unwrap();
     let parts: Vec<&str> = header.split(' ').collect();
     let (line, col) = parts[2].split_once(':').unwrap();
     Expectation {
-        severity: if parts[0] == "error" { Severity::Error } else { Severity::Warning },
+        severity: if parts[0] == "error" {
+            Severity::Error
+        } else {
+            Severity::Warning
+        },
         code: parts[1].to_owned(),
         line: line.parse().unwrap(),
         col: col.parse().unwrap(),
@@ -44,9 +53,16 @@ fn expectation(text: &str) -> Expectation {
 fn every_invalid_case_reports_its_rule_at_its_field() {
     let schemas = Schemas::new().unwrap();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/invalid");
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
-    assert!(entries.len() >= 50, "expected a case per rule, found {}", entries.len());
+    assert!(
+        entries.len() >= 50,
+        "expected a case per rule, found {}",
+        entries.len()
+    );
     let mut failures = Vec::new();
     for path in entries {
         let text = std::fs::read_to_string(&path).unwrap();
@@ -57,14 +73,19 @@ fn every_invalid_case_reports_its_rule_at_its_field() {
             d.code == want.code
                 && d.severity == want.severity
                 && d.position.map(|p| (p.line, p.col)) == Some((want.line, want.col))
-                && want.pointer.as_ref().is_none_or(|p| d.pointer.as_ref() == Some(p))
+                && want
+                    .pointer
+                    .as_ref()
+                    .is_none_or(|p| d.pointer.as_ref() == Some(p))
                 && d.file == path
         });
         let other_errors: Vec<_> = result
             .diagnostics
             .iter()
             .filter(|d| {
-                d.severity == Severity::Error && d.code != want.code && !want.also.iter().any(|a| a == d.code)
+                d.severity == Severity::Error
+                    && d.code != want.code
+                    && !want.also.iter().any(|a| a == d.code)
             })
             .collect();
         if found.is_none() || !other_errors.is_empty() {
@@ -72,14 +93,21 @@ fn every_invalid_case_reports_its_rule_at_its_field() {
                 "{}: want {} {} at {}:{} {:?}; got {:#?}",
                 path.file_name().unwrap().to_string_lossy(),
                 want.code,
-                if want.severity == Severity::Error { "error" } else { "warning" },
+                if want.severity == Severity::Error {
+                    "error"
+                } else {
+                    "warning"
+                },
                 want.line,
                 want.col,
                 want.pointer,
                 result
                     .diagnostics
                     .iter()
-                    .map(|d| format!("{:?} {} {:?} {:?} {}", d.severity, d.code, d.position, d.pointer, d.message))
+                    .map(|d| format!(
+                        "{:?} {} {:?} {:?} {}",
+                        d.severity, d.code, d.position, d.pointer, d.message
+                    ))
                     .collect::<Vec<_>>()
             ));
         }

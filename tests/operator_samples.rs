@@ -17,13 +17,48 @@ fn dir() -> std::path::PathBuf {
 
 /// (file, code, line, pointer) of every error a stored sample must produce.
 const EXPECTED_ERRORS: &[(&str, &str, u32, &str)] = &[
-    ("sample-function.yaml", "unknown-field", 9, "/spec/MaxPendingAsyncRequests"),
-    ("sample-function-crypto.yaml", "package-location-invalid", 55, "/spec/java/jarLocation"),
-    ("sample-function-stateful.yaml", "package-location-invalid", 31, "/spec/java/jarLocation"),
-    ("sample-functionmesh.yaml", "package-location-invalid", 23, "/spec/functions/0/java/jarLocation"),
-    ("sample-functionmesh.yaml", "package-location-invalid", 51, "/spec/functions/1/java/jarLocation"),
-    ("sample-go-function.yaml", "package-location-invalid", 35, "/spec/golang/goLocation"),
-    ("sample-py-function.yaml", "package-location-invalid", 36, "/spec/python/pyLocation"),
+    (
+        "sample-function.yaml",
+        "unknown-field",
+        9,
+        "/spec/MaxPendingAsyncRequests",
+    ),
+    (
+        "sample-function-crypto.yaml",
+        "package-location-invalid",
+        55,
+        "/spec/java/jarLocation",
+    ),
+    (
+        "sample-function-stateful.yaml",
+        "package-location-invalid",
+        31,
+        "/spec/java/jarLocation",
+    ),
+    (
+        "sample-functionmesh.yaml",
+        "package-location-invalid",
+        23,
+        "/spec/functions/0/java/jarLocation",
+    ),
+    (
+        "sample-functionmesh.yaml",
+        "package-location-invalid",
+        51,
+        "/spec/functions/1/java/jarLocation",
+    ),
+    (
+        "sample-go-function.yaml",
+        "package-location-invalid",
+        35,
+        "/spec/golang/goLocation",
+    ),
+    (
+        "sample-py-function.yaml",
+        "package-location-invalid",
+        36,
+        "/spec/python/pyLocation",
+    ),
 ];
 
 #[test]
@@ -42,10 +77,23 @@ fn operator_samples_validate_except_their_known_defects() {
         let tree = Tree::load(path, &LoadOptions::default());
         assert!(tree.problems.is_empty(), "{name}: {:?}", tree.problems);
         let result = validate(&tree, &schemas, ValidateOptions::default());
-        for d in result.diagnostics.iter().filter(|d| d.severity == Severity::Error) {
-            let found = (name, d.code, d.position.unwrap().line, d.pointer.as_deref().unwrap());
+        for d in result
+            .diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+        {
+            let found = (
+                name,
+                d.code,
+                d.position.unwrap().line,
+                d.pointer.as_deref().unwrap(),
+            );
             let expected = EXPECTED_ERRORS.iter().find(|e| **e == found);
-            assert!(expected.is_some(), "{name}: unexpected error {found:?}: {}", d.message);
+            assert!(
+                expected.is_some(),
+                "{name}: unexpected error {found:?}: {}",
+                d.message
+            );
             seen.extend(expected);
         }
     }
@@ -61,12 +109,19 @@ fn legacy_fields_in_samples_are_warnings_that_name_the_field() {
     let tree = Tree::load(&dir().join("sample-sink.yaml"), &LoadOptions::default());
     let result = validate(&tree, &schemas, ValidateOptions::default());
     assert!(result.is_valid());
-    let legacy: Vec<_> = result.diagnostics.iter().filter(|d| d.code == "legacy-field").collect();
+    let legacy: Vec<_> = result
+        .diagnostics
+        .iter()
+        .filter(|d| d.code == "legacy-field")
+        .collect();
     assert_eq!(legacy.len(), 1);
     assert_eq!(legacy[0].pointer.as_deref(), Some("/spec/sourceType"));
     assert_eq!(legacy[0].position.unwrap().line, 8);
     let strict = validate(&tree, &schemas, ValidateOptions { strict: true });
-    assert!(!strict.is_valid(), "--strict turns the warning into an error");
+    assert!(
+        !strict.is_valid(),
+        "--strict turns the warning into an error"
+    );
 }
 
 /// Every typed document serializes back to the JSON it was read from (after the two
@@ -74,7 +129,10 @@ fn legacy_fields_in_samples_are_warnings_that_name_the_field() {
 #[test]
 fn every_sample_and_example_round_trips_through_the_model() {
     let schemas = Schemas::new().unwrap();
-    let roots = [dir(), Path::new(env!("CARGO_MANIFEST_DIR")).join("examples")];
+    let roots = [
+        dir(),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),
+    ];
     let mut checked = 0;
     for root in roots {
         let tree = Tree::load(&root, &LoadOptions::default());
@@ -86,7 +144,11 @@ fn every_sample_and_example_round_trips_through_the_model() {
             model::floats_as_quantities(&mut expected);
             // Legacy fields are reported and dropped before typing (their files hold one CR).
             let file = &tree.file_of(doc).path;
-            for d in result.diagnostics.iter().filter(|d| d.code == "legacy-field" && &d.file == file) {
+            for d in result
+                .diagnostics
+                .iter()
+                .filter(|d| d.code == "legacy-field" && &d.file == file)
+            {
                 let (parent, key) = d.pointer.as_deref().unwrap().rsplit_once('/').unwrap();
                 if let Some(map) = expected.pointer_mut(parent).and_then(|v| v.as_object_mut()) {
                     map.remove(key);
@@ -113,7 +175,9 @@ fn same_value(actual: &serde_json::Value, expected: &serde_json::Value) -> bool 
     use serde_json::Value;
     match (actual, expected) {
         (Value::Object(a), Value::Object(e)) => {
-            a.len() == e.len() && e.iter().all(|(k, v)| a.get(k).is_some_and(|av| same_value(av, v)))
+            a.len() == e.len()
+                && e.iter()
+                    .all(|(k, v)| a.get(k).is_some_and(|av| same_value(av, v)))
         }
         (Value::Array(a), Value::Array(e)) => {
             a.len() == e.len() && a.iter().zip(e).all(|(x, y)| same_value(x, y))

@@ -34,7 +34,13 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let mut stdout = std::io::stdout().lock();
     if args.list {
         for kind in Kind::ALL {
-            writeln!(stdout, "{:<16} {:<36} schemas/{}", kind.as_str(), kind.api_version(), kind.schema_file())?;
+            writeln!(
+                stdout,
+                "{:<16} {:<36} schemas/{}",
+                kind.as_str(),
+                kind.api_version(),
+                kind.schema_file()
+            )?;
         }
         return Ok(exit::OK);
     }
@@ -42,6 +48,8 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     let Some(kind) = Kind::from_name(&name) else {
         bail!("unknown kind \"{name}\"; run `meshops schema --list` for the kinds");
     };
-    stdout.write_all(schema::embedded(kind).as_bytes()).context("writing the schema")?;
+    stdout
+        .write_all(schema::embedded(kind).as_bytes())
+        .context("writing the schema")?;
     Ok(exit::OK)
 }

@@ -45,13 +45,25 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         tree.add_path(path, &options);
     }
     let schemas = Schemas::new().context("loading the embedded schemas")?;
-    let validation = validate(&tree, &schemas, ValidateOptions { strict: args.strict });
+    let validation = validate(
+        &tree,
+        &schemas,
+        ValidateOptions {
+            strict: args.strict,
+        },
+    );
     let text = match args.format {
         Format::Text => report::text(&validation, use_color()),
         Format::Json => report::json(&validation) + "\n",
     };
-    std::io::stdout().lock().write_all(text.as_bytes()).context("writing the report")?;
-    let unreadable = tree.problems.iter().any(|p| matches!(p.error, LoadError::Read { .. }));
+    std::io::stdout()
+        .lock()
+        .write_all(text.as_bytes())
+        .context("writing the report")?;
+    let unreadable = tree
+        .problems
+        .iter()
+        .any(|p| matches!(p.error, LoadError::Read { .. }));
     Ok(if unreadable {
         exit::USAGE_OR_IO
     } else if validation.is_valid() {

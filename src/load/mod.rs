@@ -125,7 +125,9 @@ impl Document {
     }
 
     pub fn namespace(&self) -> &str {
-        self.value["metadata"]["namespace"].as_str().unwrap_or_default()
+        self.value["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or_default()
     }
 
     /// Where `pointer` was written, falling back to the document start.
@@ -238,16 +240,11 @@ impl Tree {
 
     /// Adds everything under `path` to the tree.
     pub fn add_path(&mut self, path: &Path, options: &LoadOptions) {
-        match walk(path) {
-            Ok(entries) => {
-                for entry in entries {
-                    match entry {
-                        Ok(file) => self.add_file(&file, options),
-                        Err(problem) => self.problems.push(problem),
-                    }
-                }
+        for entry in walk(path) {
+            match entry {
+                Ok(file) => self.add_file(&file, options),
+                Err(problem) => self.problems.push(problem),
             }
-            Err(problem) => self.problems.push(problem),
         }
     }
 
@@ -268,7 +265,9 @@ impl Tree {
         };
         if size > options.limits.max_file_bytes {
             let limit = options.limits.max_file_bytes;
-            return self.problems.push(problem(LoadError::TooLarge { size, limit }));
+            return self
+                .problems
+                .push(problem(LoadError::TooLarge { size, limit }));
         }
         match std::fs::read(path) {
             Ok(bytes) => self.add_bytes(path.to_path_buf(), bytes, options),
@@ -399,8 +398,9 @@ fn set_default_namespace(value: &mut Value, namespace: &str) {
 
 /// Manifest files under `root` in a stable order (sorted by path). A file given directly is
 /// returned as is. Hidden entries and whatever `.meshopsignore` files list are skipped;
-/// symlinks are followed only to files inside the root.
-pub fn walk(root: &Path) -> Result<Vec<Result<PathBuf, LoadProblem>>, LoadProblem> {
+/// symlinks are followed only to files inside the root. A root that cannot be read is one
+/// problem in the list.
+pub fn walk(root: &Path) -> Vec<Result<PathBuf, LoadProblem>> {
     let problem = |path: &Path, error| LoadProblem {
         file: None,
         path: path.to_path_buf(),
@@ -408,25 +408,25 @@ pub fn walk(root: &Path) -> Result<Vec<Result<PathBuf, LoadProblem>>, LoadProble
         pointer: None,
         error,
     };
-    let meta = std::fs::metadata(root).map_err(|err| {
-        problem(
+    let unreadable = |err: std::io::Error| {
+        vec![Err(problem(
             root,
             LoadError::Read {
                 reason: err.to_string(),
             },
-        )
-    })?;
+        ))]
+    };
+    let meta = match std::fs::metadata(root) {
+        Ok(meta) => meta,
+        Err(err) => return unreadable(err),
+    };
     if meta.is_file() {
-        return Ok(vec![Ok(root.to_path_buf())]);
+        return vec![Ok(root.to_path_buf())];
     }
-    let canonical_root = root.canonicalize().map_err(|err| {
-        problem(
-            root,
-            LoadError::Read {
-                reason: err.to_string(),
-            },
-        )
-    })?;
+    let canonical_root = match root.canonicalize() {
+        Ok(path) => path,
+        Err(err) => return unreadable(err),
+    };
     let walker = ignore::WalkBuilder::new(root)
         .standard_filters(false)
         .hidden(true)
@@ -478,7 +478,7 @@ pub fn walk(root: &Path) -> Result<Vec<Result<PathBuf, LoadProblem>>, LoadProble
             files.push(Ok(path.to_path_buf()));
         }
     }
-    Ok(files)
+    files
 }
 
 fn is_manifest(path: &Path) -> bool {
@@ -494,7 +494,11 @@ mod tests {
 
     fn load_str(text: &str) -> Tree {
         let mut tree = Tree::default();
-        tree.add_bytes("x.yaml".into(), text.as_bytes().to_vec(), &LoadOptions::default());
+        tree.add_bytes(
+            "x.yaml".into(),
+            text.as_bytes().to_vec(),
+            &LoadOptions::default(),
+        );
         tree
     }
 
@@ -521,10 +525,21 @@ mod tests {
         let errors: Vec<_> = tree.problems.iter().map(|p| p.error.code()).collect();
         assert_eq!(
             errors,
-            ["cluster-scoped-kind", "unsupported-kind", "missing-type", "not-a-mapping"]
+            [
+                "cluster-scoped-kind",
+                "unsupported-kind",
+                "missing-type",
+                "not-a-mapping"
+            ]
         );
-        assert_eq!(tree.problems[0].position, Some(Position { line: 2, col: 1 }));
-        assert_eq!(tree.problems[1].position, Some(Position { line: 6, col: 1 }));
+        assert_eq!(
+            tree.problems[0].position,
+            Some(Position { line: 2, col: 1 })
+        );
+        assert_eq!(
+            tree.problems[1].position,
+            Some(Position { line: 6, col: 1 })
+        );
         assert!(tree.documents.is_empty());
     }
 
@@ -537,7 +552,10 @@ mod tests {
             &LoadOptions::default(),
         );
         assert_eq!(tree.problems[0].error, LoadError::NotUtf8);
-        assert_eq!(tree.problems[0].position, Some(Position { line: 2, col: 4 }));
+        assert_eq!(
+            tree.problems[0].position,
+            Some(Position { line: 2, col: 4 })
+        );
     }
 
     #[test]
@@ -553,7 +571,10 @@ mod tests {
         tree.add_bytes("big.yaml".into(), vec![b'#'; 11], &options);
         assert_eq!(
             tree.problems[0].error,
-            LoadError::TooLarge { size: 11, limit: 10 }
+            LoadError::TooLarge {
+                size: 11,
+                limit: 10
+            }
         );
     }
 
@@ -562,7 +583,10 @@ mod tests {
         let tree = load_str("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: a\n");
         let doc = &tree.documents[0];
         assert_eq!(doc.position("/metadata/name"), Position { line: 4, col: 3 });
-        assert_eq!(doc.position("/metadata/labels/x"), Position { line: 3, col: 1 });
+        assert_eq!(
+            doc.position("/metadata/labels/x"),
+            Position { line: 3, col: 1 }
+        );
         assert_eq!(doc.position("/nothing"), doc.start);
     }
 }

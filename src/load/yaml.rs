@@ -97,7 +97,11 @@ impl Builder<'_> {
     fn next(&mut self) -> Result<(Event, Marker), YamlError> {
         self.parser.next_token().map_err(|err| YamlError {
             position: position(err.marker()),
-            message: format!("invalid YAML: {}", err.info()),
+            message: if err.info().contains("recursion limit") {
+                "nesting deeper than the YAML parser allows".to_owned()
+            } else {
+                format!("invalid YAML: {}", err.info())
+            },
         })
     }
 
@@ -208,16 +212,16 @@ impl Builder<'_> {
             let (event, mark) = self.next()?;
             if key == "<<" {
                 // YAML 1.1 merge key, as Kubernetes' YAML decoder accepts it.
-                let (value, n) = self.node(event, mark.clone(), pointer, depth + 1)?;
+                let (value, n) = self.node(event, mark, pointer, depth + 1)?;
                 count += n;
                 match value {
                     Value::Object(m) => merged.push(m),
-                    Value::Array(items) if items.iter().all(Value::is_object) => merged.extend(
-                        items.into_iter().filter_map(|item| match item {
+                    Value::Array(items) if items.iter().all(Value::is_object) => {
+                        merged.extend(items.into_iter().filter_map(|item| match item {
                             Value::Object(m) => Some(m),
                             _ => None,
-                        }),
-                    ),
+                        }))
+                    }
                     _ => return self.error(&mark, "a merge key (<<) needs a mapping".into()),
                 }
                 continue;
@@ -354,8 +358,14 @@ mod tests {
         let docs = parse("---\nkind: Function\nspec:\n  topics:\n    - a\n    - b\n").unwrap();
         let spans = &docs[0].spans;
         assert_eq!(spans.get("/kind"), Some(Position { line: 2, col: 1 }));
-        assert_eq!(spans.get("/spec/topics"), Some(Position { line: 4, col: 3 }));
-        assert_eq!(spans.get("/spec/topics/1"), Some(Position { line: 6, col: 7 }));
+        assert_eq!(
+            spans.get("/spec/topics"),
+            Some(Position { line: 4, col: 3 })
+        );
+        assert_eq!(
+            spans.get("/spec/topics/1"),
+            Some(Position { line: 6, col: 7 })
+        );
     }
 
     #[test]
@@ -371,7 +381,9 @@ mod tests {
     fn rejects_duplicate_keys_at_the_second_one() {
         let err = parse("a: 1\nb:\n  c: 1\n  c: 2\n").unwrap_err();
         assert_eq!(err.position, Position { line: 4, col: 3 });
-        assert!(err.message.contains("duplicate key \"c\" (first defined on line 3)"));
+        assert!(err
+            .message
+            .contains("duplicate key \"c\" (first defined on line 3)"));
     }
 
     #[test]
@@ -411,7 +423,10 @@ mod tests {
 
     #[test]
     fn rejects_complex_keys_and_non_json_numbers() {
-        assert!(parse("? [a, b]\n: 1\n").unwrap_err().message.contains("scalar keys"));
+        assert!(parse("? [a, b]\n: 1\n")
+            .unwrap_err()
+            .message
+            .contains("scalar keys"));
         assert!(parse("a: .nan\n").unwrap_err().message.contains("JSON"));
     }
 

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
 pub use common::*;
-pub use component::{CommonFields, ComponentSpec, FunctionSpec, ImagePullPolicy, SinkSpec, SourceSpec};
+pub use component::{
+    CommonFields, ComponentSpec, FunctionSpec, ImagePullPolicy, SinkSpec, SourceSpec,
+};
 
 /// API group and version of every Function Mesh kind.
 pub const FUNCTION_MESH_API_VERSION: &str = "compute.functionmesh.io/v1alpha1";
@@ -151,6 +153,8 @@ impl fmt::Display for Kind {
 }
 
 /// One typed object from the repository.
+// Most values are the large CR variants, so boxing them would add indirection and save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Manifest {
     Function(Function),
@@ -174,7 +178,9 @@ pub struct ModelError {
 impl Manifest {
     /// Converts a schema-valid JSON document into its typed form.
     pub fn from_value(kind: Kind, value: serde_json::Value) -> Result<Manifest, ModelError> {
-        fn typed<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ModelError> {
+        fn typed<T: serde::de::DeserializeOwned>(
+            value: serde_json::Value,
+        ) -> Result<T, ModelError> {
             serde_path_to_error::deserialize(value).map_err(|err| ModelError {
                 path: pointer_of(err.path()),
                 message: err.inner().to_string(),
@@ -301,7 +307,9 @@ pub fn floats_as_quantities(value: &mut serde_json::Value) {
             }
         }
         serde_json::Value::Array(items) => items.iter_mut().for_each(floats_as_quantities),
-        serde_json::Value::Number(n) if n.is_f64() => *value = serde_json::Value::String(n.to_string()),
+        serde_json::Value::Number(n) if n.is_f64() => {
+            *value = serde_json::Value::String(n.to_string())
+        }
         _ => {}
     }
 }

@@ -140,7 +140,10 @@ fn pin_root(value: &mut Value, kind: Kind) {
         return;
     };
     let mut pinned = Map::new();
-    pinned.insert("$schema".into(), json!("https://json-schema.org/draft/2020-12/schema"));
+    pinned.insert(
+        "$schema".into(),
+        json!("https://json-schema.org/draft/2020-12/schema"),
+    );
     pinned.insert("title".into(), json!(kind.as_str()));
     pinned.insert(
         "description".into(),

@@ -36,19 +36,49 @@ pub fn units(checked: &[Checked]) -> Vec<Unit<'_>> {
             })
         };
         match &c.manifest {
-            Manifest::Function(o) => push(Kind::Function, name.into(), "/spec".into(), Component::Function(&o.spec)),
-            Manifest::Source(o) => push(Kind::Source, name.into(), "/spec".into(), Component::Source(&o.spec)),
-            Manifest::Sink(o) => push(Kind::Sink, name.into(), "/spec".into(), Component::Sink(&o.spec)),
+            Manifest::Function(o) => push(
+                Kind::Function,
+                name.into(),
+                "/spec".into(),
+                Component::Function(&o.spec),
+            ),
+            Manifest::Source(o) => push(
+                Kind::Source,
+                name.into(),
+                "/spec".into(),
+                Component::Source(&o.spec),
+            ),
+            Manifest::Sink(o) => push(
+                Kind::Sink,
+                name.into(),
+                "/spec".into(),
+                Component::Sink(&o.spec),
+            ),
             Manifest::FunctionMesh(mesh) => {
                 let child = |entry: Option<&str>| format!("{name}-{}", entry.unwrap_or_default());
                 for (i, s) in mesh.spec.sources.iter().flatten().enumerate() {
-                    push(Kind::Source, child(s.name.as_deref()), format!("/spec/sources/{i}"), Component::Source(s));
+                    push(
+                        Kind::Source,
+                        child(s.name.as_deref()),
+                        format!("/spec/sources/{i}"),
+                        Component::Source(s),
+                    );
                 }
                 for (i, s) in mesh.spec.functions.iter().flatten().enumerate() {
-                    push(Kind::Function, child(s.name.as_deref()), format!("/spec/functions/{i}"), Component::Function(s));
+                    push(
+                        Kind::Function,
+                        child(s.name.as_deref()),
+                        format!("/spec/functions/{i}"),
+                        Component::Function(s),
+                    );
                 }
                 for (i, s) in mesh.spec.sinks.iter().flatten().enumerate() {
-                    push(Kind::Sink, child(s.name.as_deref()), format!("/spec/sinks/{i}"), Component::Sink(s));
+                    push(
+                        Kind::Sink,
+                        child(s.name.as_deref()),
+                        format!("/spec/sinks/{i}"),
+                        Component::Sink(s),
+                    );
                 }
             }
             _ => {}
@@ -87,7 +117,9 @@ fn warning(document: usize, code: &'static str, pointer: String, message: String
 pub fn is_dns_label(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
@@ -113,19 +145,39 @@ pub fn check_names(
             _ => is_dns_subdomain(name),
         };
         if !ok {
-            let rule = if matches!(kind, Kind::Function | Kind::Source | Kind::Sink | Kind::FunctionMesh) {
+            let rule = if matches!(
+                kind,
+                Kind::Function | Kind::Source | Kind::Sink | Kind::FunctionMesh
+            ) {
                 "an RFC 1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)"
             } else {
                 "an RFC 1123 subdomain"
             };
-            out.push(error(c.document, "name-invalid", "/metadata/name".into(), format!("name \"{name}\" must be {rule}")));
+            out.push(error(
+                c.document,
+                "name-invalid",
+                "/metadata/name".into(),
+                format!("name \"{name}\" must be {rule}"),
+            ));
         }
     }
     for unit in units {
         let in_mesh = unit.base != "/spec";
-        let pointer = if in_mesh { format!("{}/name", unit.base) } else { "/metadata/name".into() };
+        let pointer = if in_mesh {
+            format!("{}/name", unit.base)
+        } else {
+            "/metadata/name".into()
+        };
         if in_mesh && !is_dns_label(&unit.name) {
-            out.push(error(unit.document, "name-invalid", pointer.clone(), format!("mesh child name \"{}\" must be an RFC 1123 label", unit.name)));
+            out.push(error(
+                unit.document,
+                "name-invalid",
+                pointer.clone(),
+                format!(
+                    "mesh child name \"{}\" must be an RFC 1123 label",
+                    unit.name
+                ),
+            ));
         }
         if unit.name.len() > MAX_COMPONENT_NAME {
             let what = if in_mesh { "mesh child name" } else { "name" };
@@ -147,17 +199,43 @@ pub fn check_names(
     let mut identities: Vec<(Kind, &str, &str, usize, String)> = checked
         .iter()
         .filter(|c| !c.manifest.kind().is_component())
-        .map(|c| (c.manifest.kind(), c.manifest.namespace(), c.manifest.name(), c.document, "/metadata/name".to_owned()))
+        .map(|c| {
+            (
+                c.manifest.kind(),
+                c.manifest.namespace(),
+                c.manifest.name(),
+                c.document,
+                "/metadata/name".to_owned(),
+            )
+        })
         .collect();
     for unit in units {
-        let pointer = if unit.base == "/spec" { "/metadata/name".to_owned() } else { format!("{}/name", unit.base) };
-        identities.push((unit.kind, unit.namespace, unit.name.as_str(), unit.document, pointer));
+        let pointer = if unit.base == "/spec" {
+            "/metadata/name".to_owned()
+        } else {
+            format!("{}/name", unit.base)
+        };
+        identities.push((
+            unit.kind,
+            unit.namespace,
+            unit.name.as_str(),
+            unit.document,
+            pointer,
+        ));
     }
     for (kind, namespace, name, document, pointer) in identities {
         match seen.get(&(kind, namespace, name)) {
             Some((first_doc, first_ptr)) => {
-                let mut located = error(document, "duplicate-name", pointer, format!("{kind} \"{name}\" is defined twice in namespace \"{namespace}\""));
-                located.finding.notes.push(format!("first defined at {}", describe(*first_doc, first_ptr)));
+                let mut located = error(
+                    document,
+                    "duplicate-name",
+                    pointer,
+                    format!("{kind} \"{name}\" is defined twice in namespace \"{namespace}\""),
+                );
+                located.finding.notes.push(format!(
+                    "first defined at {}",
+                    describe(*first_doc, first_ptr)
+                ));
                 out.push(located);
             }
             None => {
@@ -182,7 +260,12 @@ pub fn check_topics(units: &[Unit<'_>]) -> Vec<Located> {
         if let Some(input) = unit.component.input() {
             for topic in input.all_topics() {
                 let is_pattern = input.topic_pattern.as_deref() == Some(topic)
-                    || input.source_specs.as_ref().and_then(|s| s.get(topic)).and_then(|s| s.is_regex_pattern) == Some(true);
+                    || input
+                        .source_specs
+                        .as_ref()
+                        .and_then(|s| s.get(topic))
+                        .and_then(|s| s.is_regex_pattern)
+                        == Some(true);
                 match topic_name(topic) {
                     Ok(full) if is_pattern => {
                         if let Ok(re) = Regex::new(&format!("^(?:{full})$")) {
@@ -199,28 +282,64 @@ pub fn check_topics(units: &[Unit<'_>]) -> Vec<Located> {
         if !producers.contains_key(topic) {
             for &i in readers {
                 let unit = &units[i];
-                out.push(warning(unit.document, "input-not-produced", format!("{}/input", unit.base), format!("{} \"{}\" reads {topic}, which nothing in the repository writes", unit.kind, unit.name)));
+                out.push(warning(
+                    unit.document,
+                    "input-not-produced",
+                    format!("{}/input", unit.base),
+                    format!(
+                        "{} \"{}\" reads {topic}, which nothing in the repository writes",
+                        unit.kind, unit.name
+                    ),
+                ));
             }
         }
     }
     let mut edges: BTreeMap<usize, BTreeSet<usize>> = BTreeMap::new();
     for (topic, writers) in &producers {
         let mut readers: Vec<usize> = consumers.get(topic).cloned().unwrap_or_default();
-        readers.extend(patterns.iter().filter(|(re, _)| re.is_match(topic)).map(|(_, i)| *i));
+        readers.extend(
+            patterns
+                .iter()
+                .filter(|(re, _)| re.is_match(topic))
+                .map(|(_, i)| *i),
+        );
         if readers.is_empty() {
             for &i in writers {
                 let unit = &units[i];
-                out.push(warning(unit.document, "output-not-consumed", format!("{}/output/topic", unit.base), format!("{} \"{}\" writes {topic}, which nothing in the repository reads", unit.kind, unit.name)));
+                out.push(warning(
+                    unit.document,
+                    "output-not-consumed",
+                    format!("{}/output/topic", unit.base),
+                    format!(
+                        "{} \"{}\" writes {topic}, which nothing in the repository reads",
+                        unit.kind, unit.name
+                    ),
+                ));
             }
         }
         for &w in writers {
-            edges.entry(w).or_default().extend(readers.iter().copied().filter(|&r| r != w));
+            edges
+                .entry(w)
+                .or_default()
+                .extend(readers.iter().copied().filter(|&r| r != w));
         }
     }
     for cycle in cycles(units.len(), &edges) {
         let first = &units[cycle[0]];
-        let path: Vec<&str> = cycle.iter().chain(cycle.first()).map(|&i| units[i].name.as_str()).collect();
-        out.push(warning(first.document, "topic-cycle", format!("{}/output/topic", first.base), format!("components form a cycle through their topics: {}", path.join(" -> "))));
+        let path: Vec<&str> = cycle
+            .iter()
+            .chain(cycle.first())
+            .map(|&i| units[i].name.as_str())
+            .collect();
+        out.push(warning(
+            first.document,
+            "topic-cycle",
+            format!("{}/output/topic", first.base),
+            format!(
+                "components form a cycle through their topics: {}",
+                path.join(" -> ")
+            ),
+        ));
     }
     out
 }
@@ -317,7 +436,10 @@ pub fn check_references(checked: &[Checked], units: &[Unit<'_>]) -> Vec<Located>
 /// Every ConfigMap and Secret the runner pods of a component mount or read, with the field.
 fn references<'a>(common: &CommonFields<'a>) -> Vec<(Kind, &'a str, String)> {
     let mut refs = Vec::new();
-    for (messaging, base) in [(common.pulsar, "/pulsar"), (common.pulsar_package_service, "/pulsarPackageService")] {
+    for (messaging, base) in [
+        (common.pulsar, "/pulsar"),
+        (common.pulsar_package_service, "/pulsarPackageService"),
+    ] {
         let Some(m) = messaging else { continue };
         if let Some(cm) = &m.pulsar_config {
             refs.push((Kind::ConfigMap, cm.as_str(), format!("{base}/pulsarConfig")));
@@ -328,24 +450,48 @@ fn references<'a>(common: &CommonFields<'a>) -> Vec<(Kind, &'a str, String)> {
         if let Some(s) = &m.tls_secret {
             refs.push((Kind::Secret, s.as_str(), format!("{base}/tlsSecret")));
         }
-        if let Some(s) = m.tls_config.as_ref().and_then(|t| t.cert_secret_name.as_deref()) {
+        if let Some(s) = m
+            .tls_config
+            .as_ref()
+            .and_then(|t| t.cert_secret_name.as_deref())
+        {
             refs.push((Kind::Secret, s, format!("{base}/tlsConfig/certSecretName")));
         }
-        for (auth, field) in [(&m.auth_config, "authConfig"), (&m.cleanup_auth_config, "cleanupAuthConfig")] {
+        for (auth, field) in [
+            (&m.auth_config, "authConfig"),
+            (&m.cleanup_auth_config, "cleanupAuthConfig"),
+        ] {
             if let Some(oauth2) = auth.as_ref().and_then(|a| a.oauth2_config.as_ref()) {
-                refs.push((Kind::Secret, oauth2.key_secret_name.as_str(), format!("{base}/{field}/oauth2Config/keySecretName")));
+                refs.push((
+                    Kind::Secret,
+                    oauth2.key_secret_name.as_str(),
+                    format!("{base}/{field}/oauth2Config/keySecretName"),
+                ));
             }
         }
     }
     for (key, secret) in common.secrets_map.into_iter().flatten() {
         if let Some(path) = &secret.path {
-            refs.push((Kind::Secret, path.as_str(), format!("/secretsMap/{}", key.replace('~', "~0").replace('/', "~1"))));
+            refs.push((
+                Kind::Secret,
+                path.as_str(),
+                format!("/secretsMap/{}", key.replace('~', "~0").replace('/', "~1")),
+            ));
         }
     }
     let logs = [
-        (common.java.and_then(|j| j.log.as_ref()), "/java/log/logConfig"),
-        (common.python.and_then(|p| p.log.as_ref()), "/python/log/logConfig"),
-        (common.golang.and_then(|g| g.log.as_ref()), "/golang/log/logConfig"),
+        (
+            common.java.and_then(|j| j.log.as_ref()),
+            "/java/log/logConfig",
+        ),
+        (
+            common.python.and_then(|p| p.log.as_ref()),
+            "/python/log/logConfig",
+        ),
+        (
+            common.golang.and_then(|g| g.log.as_ref()),
+            "/golang/log/logConfig",
+        ),
     ];
     for (log, field) in logs {
         if let Some(config) = log.and_then(|l| l.log_config.as_ref()) {

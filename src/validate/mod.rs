@@ -98,7 +98,10 @@ impl Validation {
     }
 
     fn count(&self, severity: Severity) -> usize {
-        self.diagnostics.iter().filter(|d| d.severity == severity).count()
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == severity)
+            .count()
     }
 
     /// Nothing may be applied unless this holds.
@@ -123,13 +126,19 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
                 remove_pointer(&mut value, &finding.pointer);
             }
         }
-        located.extend(findings.into_iter().map(|finding| Located { document: index, finding }));
+        located.extend(findings.into_iter().map(|finding| Located {
+            document: index,
+            finding,
+        }));
         if has_errors {
             continue;
         }
         model::floats_as_quantities(&mut value);
         match Manifest::from_value(document.kind, value) {
-            Ok(manifest) => checked.push(Checked { document: index, manifest }),
+            Ok(manifest) => checked.push(Checked {
+                document: index,
+                manifest,
+            }),
             Err(err) => located.push(Located {
                 document: index,
                 finding: Finding {
@@ -146,11 +155,18 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
     for unit in &units {
         let mut findings = Vec::new();
         rules::check_component(unit.component, &unit.base, &mut findings);
-        located.extend(findings.into_iter().map(|finding| Located { document: unit.document, finding }));
+        located.extend(findings.into_iter().map(|finding| Located {
+            document: unit.document,
+            finding,
+        }));
     }
     let describe = |document: usize, pointer: &str| {
         let doc = &tree.documents[document];
-        format!("{}:{}", tree.file_of(doc).path.display(), doc.position(pointer))
+        format!(
+            "{}:{}",
+            tree.file_of(doc).path.display(),
+            doc.position(pointer)
+        )
     };
     located.extend(graph::check_names(&checked, &units, &describe));
     located.extend(graph::check_topics(&units));
@@ -181,7 +197,8 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
         }
     }
     diagnostics.sort_by(|a, b| {
-        (&a.file, a.position, a.severity, &a.message).cmp(&(&b.file, b.position, b.severity, &b.message))
+        (&a.file, a.position, a.severity, &a.message)
+            .cmp(&(&b.file, b.position, b.severity, &b.message))
     });
     diagnostics.dedup();
     Validation {
@@ -201,9 +218,15 @@ fn place(tree: &Tree, located: Located) -> Diagnostic {
     let mut message = located.finding.message;
     let mut source_line = file.line(position.line).map(str::to_owned);
     let secret_value = document.kind == model::Kind::Secret
-        && (located.finding.pointer.starts_with("/data/") || located.finding.pointer.starts_with("/stringData/"));
+        && (located.finding.pointer.starts_with("/data/")
+            || located.finding.pointer.starts_with("/stringData/"));
     if secret_value {
-        let key = located.finding.pointer.rsplit('/').next().unwrap_or_default();
+        let key = located
+            .finding
+            .pointer
+            .rsplit('/')
+            .next()
+            .unwrap_or_default();
         message = format!("invalid value for Secret key \"{key}\" (value hidden)");
         source_line = source_line.map(|line| mask_value(&line));
     }
@@ -224,7 +247,10 @@ fn remove_pointer(value: &mut serde_json::Value, pointer: &str) {
         return;
     };
     let key = key.replace("~1", "/").replace("~0", "~");
-    if let Some(map) = value.pointer_mut(parent).and_then(serde_json::Value::as_object_mut) {
+    if let Some(map) = value
+        .pointer_mut(parent)
+        .and_then(serde_json::Value::as_object_mut)
+    {
         map.remove(&key);
     }
 }

@@ -9,7 +9,11 @@ use super::{Diagnostic, Severity, Validation};
 
 /// Renders every diagnostic and the summary line. `color` only when writing to a terminal.
 pub fn text(validation: &Validation, color: bool) -> String {
-    let renderer = if color { Renderer::styled() } else { Renderer::plain() };
+    let renderer = if color {
+        Renderer::styled()
+    } else {
+        Renderer::plain()
+    };
     let mut out = String::new();
     for diagnostic in &validation.diagnostics {
         let _ = writeln!(out, "{}\n", render_one(&renderer, diagnostic));
@@ -24,8 +28,15 @@ fn render_one(renderer: &Renderer, d: &Diagnostic) -> String {
         Severity::Error => Level::Error,
         Severity::Warning => Level::Warning,
     };
-    let origin = d.file.display().to_string();
-    let pointer_note = d.pointer.as_deref().filter(|p| !p.is_empty()).map(|p| format!("field: {p}"));
+    let origin = match (d.position, &d.source_line) {
+        (Some(position), None) => format!("{}:{position}", d.file.display()),
+        _ => d.file.display().to_string(),
+    };
+    let pointer_note = d
+        .pointer
+        .as_deref()
+        .filter(|p| !p.is_empty())
+        .map(|p| format!("field: {p}"));
     let mut message = level.title(&d.message).id(d.code);
     let line_text;
     match (d.position, d.source_line.as_deref()) {
@@ -56,20 +67,29 @@ fn render_one(renderer: &Renderer, d: &Diagnostic) -> String {
 
 /// Byte offset of the `chars`-th character (columns count characters).
 fn byte_offset(line: &str, chars: usize) -> usize {
-    line.char_indices().nth(chars).map_or(line.len(), |(i, _)| i)
+    line.char_indices()
+        .nth(chars)
+        .map_or(line.len(), |(i, _)| i)
 }
 
 /// End of the key or token starting at `start`: up to a `:` or the end of the line.
 fn token_end(line: &str, start: usize) -> usize {
     let rest = &line[start..];
-    let end = rest.find(": ").or_else(|| rest.strip_suffix(':').map(str::len)).unwrap_or(rest.trim_end().len());
+    let end = rest
+        .find(": ")
+        .or_else(|| rest.strip_suffix(':').map(str::len))
+        .unwrap_or(rest.trim_end().len());
     start + end.max(1).min(rest.len())
 }
 
 /// `error: 3 errors, 1 warning in 2 files (12 documents in 9 files checked)`.
 pub fn summary(v: &Validation) -> String {
     let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
-    let checked = format!("{} in {}", plural(v.documents, "document"), plural(v.files, "file"));
+    let checked = format!(
+        "{} in {}",
+        plural(v.documents, "document"),
+        plural(v.files, "file")
+    );
     if v.diagnostics.is_empty() {
         return format!("ok: {checked} valid");
     }

@@ -123,7 +123,11 @@ fn check_runtime(component: Component<'_>, common: &CommonFields<'_>, c: &mut Ch
                 c.error("runtime-missing", "", "a Source needs the java runtime");
             }
             if spec.source_config.is_none() {
-                c.error("connector-config-missing", "", "a Source needs sourceConfig");
+                c.error(
+                    "connector-config-missing",
+                    "",
+                    "a Source needs sourceConfig",
+                );
             }
         }
         Component::Sink(spec) => {
@@ -137,7 +141,11 @@ fn check_runtime(component: Component<'_>, common: &CommonFields<'_>, c: &mut Ch
     }
     if let Some(java) = common.java {
         if class_name_missing {
-            c.error("class-name-missing", "/className", "className must be set for the java runtime");
+            c.error(
+                "class-name-missing",
+                "/className",
+                "className must be set for the java runtime",
+            );
         }
         if java.jar.is_empty() {
             c.error("package-missing", "/java/jar", "java.jar must not be empty");
@@ -146,16 +154,28 @@ fn check_runtime(component: Component<'_>, common: &CommonFields<'_>, c: &mut Ch
     }
     if let Some(python) = common.python {
         if class_name_missing {
-            c.error("class-name-missing", "/className", "className must be set for the python runtime");
+            c.error(
+                "class-name-missing",
+                "/className",
+                "className must be set for the python runtime",
+            );
         }
         if python.py.is_empty() {
-            c.error("package-missing", "/python/py", "python.py must not be empty");
+            c.error(
+                "package-missing",
+                "/python/py",
+                "python.py must not be empty",
+            );
         }
         check_location(python.py_location.as_deref(), "/python/pyLocation", c);
     }
     if let Some(golang) = common.golang {
         if golang.go.is_empty() {
-            c.error("package-missing", "/golang/go", "golang.go must not be empty");
+            c.error(
+                "package-missing",
+                "/golang/go",
+                "golang.go must not be empty",
+            );
         }
         check_location(golang.go_location.as_deref(), "/golang/goLocation", c);
     }
@@ -178,7 +198,10 @@ pub fn package_location(location: &str) -> Result<(), String> {
         .iter()
         .any(|p| lower.starts_with(p));
     if is_package {
-        let rest = location.split_once("://").map(|(_, r)| r).unwrap_or_default();
+        let rest = location
+            .split_once("://")
+            .map(|(_, r)| r)
+            .unwrap_or_default();
         let path = rest.split_once('@').map_or(rest, |(p, _)| p);
         if rest.matches('@').count() > 1 || path.split('/').count() != 3 || rest.contains("://") {
             return Err(format!(
@@ -232,7 +255,11 @@ fn check_replicas(common: &CommonFields<'_>, c: &mut Checker<'_>) {
         }
     }
     if common.min_replicas.is_some_and(|m| m <= 0) {
-        c.error("min-replicas-not-positive", "/minReplicas", "minReplicas must be at least 1");
+        c.error(
+            "min-replicas-not-positive",
+            "/minReplicas",
+            "minReplicas must be at least 1",
+        );
     }
     // `replicas: 0` without an HPA is how the operator scales to zero (#589); the webhook only
     // allows it through an update, a repository has to be able to say it directly.
@@ -297,12 +324,19 @@ fn check_resources(resources: &ResourceRequirements, c: &mut Checker<'_>) {
             .and_then(|q| ParsedQuantity::try_from(q).ok())
     };
     let zero = ParsedQuantity::default();
-    for (list, label) in [(&resources.requests, "requests"), (&resources.limits, "limits")] {
+    for (list, label) in [
+        (&resources.requests, "requests"),
+        (&resources.limits, "limits"),
+    ] {
         for (name, positive) in [("cpu", false), ("memory", true), ("storage", false)] {
             if let Some(q) = parse(list, name) {
                 let bad = if positive { q <= zero } else { q < zero };
                 if bad {
-                    let bound = if positive { "greater than 0" } else { "at least 0" };
+                    let bound = if positive {
+                        "greater than 0"
+                    } else {
+                        "at least 0"
+                    };
                     c.error(
                         "resources-invalid",
                         &format!("/resources/{label}/{name}"),
@@ -313,9 +347,10 @@ fn check_resources(resources: &ResourceRequirements, c: &mut Checker<'_>) {
         }
     }
     for name in ["cpu", "memory"] {
-        if let (Some(request), Some(limit)) =
-            (parse(&resources.requests, name), parse(&resources.limits, name))
-        {
+        if let (Some(request), Some(limit)) = (
+            parse(&resources.requests, name),
+            parse(&resources.limits, name),
+        ) {
             if request > limit {
                 c.error(
                     "resources-invalid",
@@ -328,7 +363,8 @@ fn check_resources(resources: &ResourceRequirements, c: &mut Checker<'_>) {
 }
 
 fn check_processing(component: Component<'_>, common: &CommonFields<'_>, c: &mut Checker<'_>) {
-    let effectively_once = common.processing_guarantee == Some(ProcessingGuarantee::EffectivelyOnce);
+    let effectively_once =
+        common.processing_guarantee == Some(ProcessingGuarantee::EffectivelyOnce);
     let (timeout, retries, dlq, retain, retain_key) = match component {
         Component::Function(s) => (
             s.timeout,
@@ -404,17 +440,33 @@ fn check_topics(component: Component<'_>, c: &mut Checker<'_>) {
         }
         for (topic, field) in input_topic_fields(input) {
             if let Err(reason) = topic_name(topic) {
-                c.error("topic-invalid", &field, format!("input topic \"{topic}\" is invalid: {reason}"));
+                c.error(
+                    "topic-invalid",
+                    &field,
+                    format!("input topic \"{topic}\" is invalid: {reason}"),
+                );
             }
         }
         for (topic, spec) in input.source_specs.iter().flatten() {
             let field = format!("/input/sourceSpecs/{}", escape(topic));
             if spec.receiver_queue_size.is_some_and(|n| n < 0) {
-                c.error("receiver-queue-negative", &format!("{field}/receiverQueueSize"), "receiverQueueSize must be at least 0");
+                c.error(
+                    "receiver-queue-negative",
+                    &format!("{field}/receiverQueueSize"),
+                    "receiverQueueSize must be at least 0",
+                );
             }
             if let Some(crypto) = &spec.crypto_config {
-                if crypto.crypto_key_reader_class_name.as_deref().is_none_or(str::is_empty) {
-                    c.error("crypto-class-missing", &format!("{field}/cryptoConfig"), "cryptoConfig needs cryptoKeyReaderClassName");
+                if crypto
+                    .crypto_key_reader_class_name
+                    .as_deref()
+                    .is_none_or(str::is_empty)
+                {
+                    c.error(
+                        "crypto-class-missing",
+                        &format!("{field}/cryptoConfig"),
+                        "cryptoConfig needs cryptoKeyReaderClassName",
+                    );
                 }
             }
         }
@@ -423,18 +475,38 @@ fn check_topics(component: Component<'_>, c: &mut Checker<'_>) {
         if let Some(output) = component.output() {
             if let Some(topic) = output.topic.as_deref().filter(|t| !t.is_empty()) {
                 if let Err(reason) = topic_name(topic) {
-                    c.error("topic-invalid", "/output/topic", format!("output topic \"{topic}\" is invalid: {reason}"));
+                    c.error(
+                        "topic-invalid",
+                        "/output/topic",
+                        format!("output topic \"{topic}\" is invalid: {reason}"),
+                    );
                 }
                 if inputs.contains(&topic) {
                     c.error("output-is-input", "/output/topic", format!("output topic \"{topic}\" is also an input topic (a topic must be one or the other)"));
                 }
-                if let Some(crypto) = output.producer_conf.as_ref().and_then(|p| p.crypto_config.as_ref()) {
+                if let Some(crypto) = output
+                    .producer_conf
+                    .as_ref()
+                    .and_then(|p| p.crypto_config.as_ref())
+                {
                     let field = "/output/producerConf/cryptoConfig";
-                    if crypto.crypto_key_reader_class_name.as_deref().is_none_or(str::is_empty) {
-                        c.error("crypto-class-missing", field, "producer cryptoConfig needs cryptoKeyReaderClassName");
+                    if crypto
+                        .crypto_key_reader_class_name
+                        .as_deref()
+                        .is_none_or(str::is_empty)
+                    {
+                        c.error(
+                            "crypto-class-missing",
+                            field,
+                            "producer cryptoConfig needs cryptoKeyReaderClassName",
+                        );
                     }
                     if crypto.encryption_keys.as_ref().is_none_or(Vec::is_empty) {
-                        c.error("encryption-keys-missing", field, "producer cryptoConfig needs at least one encryption key");
+                        c.error(
+                            "encryption-keys-missing",
+                            field,
+                            "producer cryptoConfig needs at least one encryption key",
+                        );
                     }
                 }
             }
@@ -445,10 +517,17 @@ fn check_topics(component: Component<'_>, c: &mut Checker<'_>) {
         Component::Sink(s) => (None, s.dead_letter_topic.as_deref()),
         Component::Source(_) => (None, None),
     };
-    for (topic, field, what) in [(log_topic, "/logTopic", "log"), (dlq, "/deadLetterTopic", "dead-letter")] {
+    for (topic, field, what) in [
+        (log_topic, "/logTopic", "log"),
+        (dlq, "/deadLetterTopic", "dead-letter"),
+    ] {
         if let Some(topic) = topic.filter(|t| !t.is_empty()) {
             if let Err(reason) = topic_name(topic) {
-                c.error("topic-invalid", field, format!("{what} topic \"{topic}\" is invalid: {reason}"));
+                c.error(
+                    "topic-invalid",
+                    field,
+                    format!("{what} topic \"{topic}\" is invalid: {reason}"),
+                );
             }
         }
     }
@@ -472,7 +551,10 @@ fn input_topic_fields(input: &InputConf) -> Vec<(&str, String)> {
         }
     }
     for topic in input.source_specs.iter().flat_map(|m| m.keys()) {
-        out.push((topic.as_str(), format!("/input/sourceSpecs/{}", escape(topic))));
+        out.push((
+            topic.as_str(),
+            format!("/input/sourceSpecs/{}", escape(topic)),
+        ));
     }
     out
 }
@@ -490,17 +572,17 @@ pub fn topic_name(topic: &str) -> Result<String, String> {
         match topic.split('/').count() {
             1 => format!("persistent://public/default/{topic}"),
             3 | 4 => format!("persistent://{topic}"),
-            _ => {
-                return Err(
-                    "a short name is topic, tenant/namespace/topic or tenant/cluster/namespace/topic"
-                        .into(),
-                )
-            }
+            _ => return Err(
+                "a short name is topic, tenant/namespace/topic or tenant/cluster/namespace/topic"
+                    .into(),
+            ),
         }
     };
     let (domain, rest) = full.split_once("://").unwrap_or_default();
     if domain != "persistent" && domain != "non-persistent" {
-        return Err(format!("domain \"{domain}\" is neither persistent nor non-persistent"));
+        return Err(format!(
+            "domain \"{domain}\" is neither persistent nor non-persistent"
+        ));
     }
     let parts: Vec<&str> = rest.splitn(4, '/').collect();
     let valid = match parts.len() {
@@ -514,13 +596,25 @@ pub fn topic_name(topic: &str) -> Result<String, String> {
     Ok(full)
 }
 
-fn check_state_and_window(component: Component<'_>, common: &CommonFields<'_>, c: &mut Checker<'_>) {
+fn check_state_and_window(
+    component: Component<'_>,
+    common: &CommonFields<'_>,
+    c: &mut Checker<'_>,
+) {
     if let Some(pulsar) = common.stateful_config.and_then(|s| s.pulsar.as_ref()) {
         if common.golang.is_some() && common.java.is_none() && common.python.is_none() {
-            c.error("stateful-golang", "/statefulConfig", "Go functions do not support statefulConfig");
+            c.error(
+                "stateful-golang",
+                "/statefulConfig",
+                "Go functions do not support statefulConfig",
+            );
         }
         if pulsar.service_url.is_empty() {
-            c.error("stateful-service-url-missing", "/statefulConfig/pulsar/serviceUrl", "statefulConfig.pulsar.serviceUrl must not be empty");
+            c.error(
+                "stateful-service-url-missing",
+                "/statefulConfig/pulsar/serviceUrl",
+                "statefulConfig.pulsar.serviceUrl must not be empty",
+            );
         }
     }
     if let Component::Function(spec) = component {
@@ -533,40 +627,88 @@ fn check_state_and_window(component: Component<'_>, common: &CommonFields<'_>, c
 fn check_window(w: &WindowConfig, c: &mut Checker<'_>) {
     let field = "/windowConfig";
     match (w.window_length_count, w.window_length_duration_ms) {
-        (None, None) => c.error("window-length-missing", field, "windowConfig needs windowLengthCount or windowLengthDurationMs"),
-        (Some(_), Some(_)) => c.error("window-length-conflict", field, "set only one of windowLengthCount and windowLengthDurationMs"),
+        (None, None) => c.error(
+            "window-length-missing",
+            field,
+            "windowConfig needs windowLengthCount or windowLengthDurationMs",
+        ),
+        (Some(_), Some(_)) => c.error(
+            "window-length-conflict",
+            field,
+            "set only one of windowLengthCount and windowLengthDurationMs",
+        ),
         _ => {}
     }
     let positives = [
-        (w.window_length_count.map(i64::from), "windowLengthCount", "window length"),
-        (w.window_length_duration_ms, "windowLengthDurationMs", "window length"),
-        (w.sliding_interval_count.map(i64::from), "slidingIntervalCount", "sliding interval"),
-        (w.sliding_interval_duration_ms, "slidingIntervalDurationMs", "sliding interval"),
+        (
+            w.window_length_count.map(i64::from),
+            "windowLengthCount",
+            "window length",
+        ),
+        (
+            w.window_length_duration_ms,
+            "windowLengthDurationMs",
+            "window length",
+        ),
+        (
+            w.sliding_interval_count.map(i64::from),
+            "slidingIntervalCount",
+            "sliding interval",
+        ),
+        (
+            w.sliding_interval_duration_ms,
+            "slidingIntervalDurationMs",
+            "sliding interval",
+        ),
     ];
     for (value, name, what) in positives {
         if value.is_some_and(|v| v <= 0) {
-            c.error("window-not-positive", &format!("{field}/{name}"), format!("{what} must be positive"));
+            c.error(
+                "window-not-positive",
+                &format!("{field}/{name}"),
+                format!("{what} must be positive"),
+            );
         }
     }
     if w.timestamp_extractor_class_name.is_some() {
         for (value, name, what) in [
             (w.max_lag_ms, "maxLagMs", "lag duration"),
-            (w.watermark_emit_interval_ms, "watermarkEmitIntervalMs", "watermark interval"),
+            (
+                w.watermark_emit_interval_ms,
+                "watermarkEmitIntervalMs",
+                "watermark interval",
+            ),
         ] {
             if value.is_some_and(|v| v <= 0) {
-                c.error("window-not-positive", &format!("{field}/{name}"), format!("{what} must be positive"));
+                c.error(
+                    "window-not-positive",
+                    &format!("{field}/{name}"),
+                    format!("{what} must be positive"),
+                );
             }
         }
     }
 }
 
 fn check_pulsar(common: &CommonFields<'_>, c: &mut Checker<'_>) {
-    if common.pulsar.and_then(|p| p.pulsar_config.as_deref()).is_none_or(str::is_empty) {
-        c.error("pulsar-config-missing", "/pulsar", "pulsar.pulsarConfig must name the ConfigMap with the Pulsar service URLs");
+    if common
+        .pulsar
+        .and_then(|p| p.pulsar_config.as_deref())
+        .is_none_or(str::is_empty)
+    {
+        c.error(
+            "pulsar-config-missing",
+            "/pulsar",
+            "pulsar.pulsarConfig must name the ConfigMap with the Pulsar service URLs",
+        );
     }
     if let Some(package) = common.pulsar_package_service {
         if package.pulsar_config.as_deref().is_none_or(str::is_empty) {
-            c.error("pulsar-config-missing", "/pulsarPackageService", "pulsarPackageService.pulsarConfig must be set");
+            c.error(
+                "pulsar-config-missing",
+                "/pulsarPackageService",
+                "pulsarPackageService.pulsarConfig must be set",
+            );
         }
     }
 }
@@ -579,7 +721,10 @@ mod tests {
     fn qualifies_topic_names_like_the_pulsar_client() {
         assert_eq!(topic_name("t").unwrap(), "persistent://public/default/t");
         assert_eq!(topic_name("a/b/t").unwrap(), "persistent://a/b/t");
-        assert_eq!(topic_name("non-persistent://a/b/t").unwrap(), "non-persistent://a/b/t");
+        assert_eq!(
+            topic_name("non-persistent://a/b/t").unwrap(),
+            "non-persistent://a/b/t"
+        );
         assert!(topic_name("a/t").is_err());
         assert!(topic_name("http://a/b/t").is_err());
         assert!(topic_name("persistent://a//t").is_err());
@@ -599,9 +744,15 @@ mod tests {
     fn applies_the_webhook_replica_defaults() {
         let spec = FunctionSpec::default();
         assert_eq!(effective_replicas(&spec.common()), (1, 1));
-        let spec = FunctionSpec { min_replicas: Some(2), ..Default::default() };
+        let spec = FunctionSpec {
+            min_replicas: Some(2),
+            ..Default::default()
+        };
         assert_eq!(effective_replicas(&spec.common()), (2, 2));
-        let spec = FunctionSpec { replicas: Some(3), ..Default::default() };
+        let spec = FunctionSpec {
+            replicas: Some(3),
+            ..Default::default()
+        };
         assert_eq!(effective_replicas(&spec.common()), (3, 1));
     }
 }

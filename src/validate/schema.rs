@@ -36,12 +36,11 @@ impl Schemas {
         for kind in Kind::ALL {
             let value: Value = serde_json::from_str(schema::embedded(kind))
                 .map_err(|source| SchemaError::Parse { kind, source })?;
-            let validator = jsonschema::draft202012::new(&value).map_err(|err| {
-                SchemaError::Compile {
+            let validator =
+                jsonschema::draft202012::new(&value).map_err(|err| SchemaError::Compile {
                     kind,
                     message: err.to_string(),
-                }
-            })?;
+                })?;
             validators.insert(kind, validator);
             let mut names = Vec::new();
             collect_property_names(&value, &mut names);
@@ -57,7 +56,11 @@ impl Schemas {
         let Some(validator) = self.validators.get(&kind) else {
             return Vec::new();
         };
-        let known = self.fields.get(&kind).map(Vec::as_slice).unwrap_or_default();
+        let known = self
+            .fields
+            .get(&kind)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let mut findings = Vec::new();
         for error in validator.iter_errors(value) {
             match &error.kind {

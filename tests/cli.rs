@@ -1,0 +1,213 @@
+//! The `meshops` binary as a user runs it: exit codes, output formats, hostile input.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn meshops(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_meshops"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+const CONFIG_MAP: &str =
+    "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pulsar\ndata:\n  a: b\n";
+
+#[test]
+fn validates_the_bundled_examples_without_warnings() {
+    let out = meshops(&["validate", "examples/"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+    assert_eq!(stdout(&out), "ok: 18 documents in 18 files valid\n");
+}
+
+#[test]
+fn reports_like_rustc_with_file_line_source_and_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "fn.yaml",
+        "apiVersion: compute.functionmesh.io/v1alpha1\nkind: Function\nmetadata:\n  name: fn\nspec:\n  replica: 2\n",
+    );
+    let out = meshops(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out).replace(dir.path().to_str().unwrap(), "<dir>");
+    assert!(
+        !text.contains('\u{1b}'),
+        "no color when stdout is not a terminal"
+    );
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn json_output_is_machine_readable() {
+    let out = meshops(&[
+        "validate",
+        "--format",
+        "json",
+        "tests/data/invalid/replicas-above-max.yaml",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["valid"], false);
+    let error = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["severity"] == "error")
+        .unwrap();
+    assert_eq!(error["code"], "replicas-above-max");
+    assert_eq!(error["line"], 19);
+    assert_eq!(error["col"], 3);
+    assert_eq!(error["pointer"], "/spec/maxReplicas");
+    assert_eq!(error["file"], "tests/data/invalid/replicas-above-max.yaml");
+}
+
+#[test]
+fn strict_turns_warnings_into_errors() {
+    let path = "tests/data/invalid/input-not-produced.yaml";
+    assert_eq!(meshops(&["validate", path]).status.code(), Some(0));
+    assert_eq!(
+        meshops(&["validate", "--strict", path]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn usage_and_io_errors_exit_2() {
+    assert_eq!(meshops(&["validate", "no/such/dir"]).status.code(), Some(2));
+    assert_eq!(
+        meshops(&["validate", "--frobnicate"]).status.code(),
+        Some(2)
+    );
+    assert_eq!(meshops(&["schema", "Deployment"]).status.code(), Some(2));
+}
+
+#[test]
+fn help_documents_exit_codes_and_examples() {
+    let out = meshops(&["validate", "--help"]);
+    let help = stdout(&out);
+    for needle in [
+        "Exit status:",
+        "--strict",
+        "--format <FORMAT>",
+        "meshops validate examples/",
+    ] {
+        assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn prints_the_embedded_schemas() {
+    let out = meshops(&["schema", "function"]);
+    assert_eq!(out.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(schema["title"], "Function");
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    let listed = stdout(&meshops(&["schema", "--list"]));
+    assert_eq!(listed.lines().count(), 8);
+}
+
+#[test]
+fn never_prints_secret_values() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "secret.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: s\ndata:\n  password: 42\nstringData:\n  token: [hunter2]\n",
+    );
+    let out = meshops(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(!text.contains("hunter2") && !text.contains("42"), "{text}");
+    assert!(text.contains("password: ******"), "{text}");
+    let json = stdout(&meshops(&[
+        "validate",
+        "--format",
+        "json",
+        dir.path().to_str().unwrap(),
+    ]));
+    assert!(!json.contains("hunter2"), "{json}");
+}
+
+#[test]
+fn refuses_hostile_input_without_panicking() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut laughs = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+    for (prev, name) in ["a", "b", "c", "d", "e", "f", "g"]
+        .iter()
+        .zip(["b", "c", "d", "e", "f", "g", "h"])
+    {
+        laughs.push_str(&format!("{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}]\n"));
+    }
+    write(d, "laughs.yaml", &laughs);
+    write(
+        d,
+        "deep.yaml",
+        &format!("a: {}1{}\n", "[".repeat(500), "]".repeat(500)),
+    );
+    let block: String = (0..66).map(|i| format!("{}k:\n", " ".repeat(i))).collect();
+    write(d, "deep-block.yaml", &block);
+    std::fs::write(d.join("binary.yaml"), b"kind: \xff\xfe\n").unwrap();
+    write(d, "big.yaml", &format!("# {}\n", "x".repeat(4096)));
+    write(d, "dup.yaml", "apiVersion: v1\napiVersion: v1\n");
+    write(d, "scalar.yaml", "just a string\n");
+    let out = meshops(&["validate", "--max-file-size", "3000", d.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    for needle in [
+        "billion laughs",
+        "nesting deeper than",
+        "not valid UTF-8",
+        "over the 3000-byte limit",
+        "duplicate key \"apiVersion\"",
+        "document is not a mapping",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(text.contains("binary.yaml:1:7"), "{text}");
+    assert_eq!(text.matches("nesting deeper than").count(), 2, "{text}");
+}
+
+#[cfg(unix)]
+#[test]
+fn skips_hidden_and_ignored_files_and_refuses_escaping_symlinks() {
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret.yaml", CONFIG_MAP);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(d, "ok/cm.yaml", CONFIG_MAP);
+    write(d, ".hidden/bad.yaml", "{{{");
+    write(d, "vendor/bad.yaml", "{{{");
+    write(d, "notes.txt", "{{{");
+    write(d, ".meshopsignore", "vendor/\n");
+    std::os::unix::fs::symlink(outside.path().join("secret.yaml"), d.join("escape.yaml")).unwrap();
+    let out = meshops(&["validate", d.to_str().unwrap()]);
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("symlink points outside the repository root"),
+        "{text}"
+    );
+    assert!(
+        text.contains("1 error"),
+        "only the symlink is an error: {text}"
+    );
+    assert!(text.contains("1 document in 1 file"), "{text}");
+}
