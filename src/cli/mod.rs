@@ -8,6 +8,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use crate::load::{Limits, LoadOptions, Tree};
+
 /// GitOps for Function Mesh: validate, render, plan and apply Pulsar Functions, Sources and
 /// Sinks kept in Git.
 #[derive(Debug, Parser)]
@@ -48,18 +50,32 @@ pub struct LoadArgs {
 }
 
 impl LoadArgs {
-    pub fn options(&self) -> meshops_load::LoadOptions {
-        meshops_load::LoadOptions {
-            limits: meshops_load::Limits {
+    pub fn options(&self) -> LoadOptions {
+        LoadOptions {
+            limits: Limits {
                 max_file_bytes: self.max_file_size,
                 ..Default::default()
             },
             default_namespace: self.default_namespace.clone(),
         }
     }
-}
 
-use crate::load as meshops_load;
+    /// Reads every path into one tree.
+    pub fn load(&self) -> Tree {
+        let options = self.options();
+        let mut tree = Tree::default();
+        for path in &self.paths {
+            tree.add_path(path, &options);
+        }
+        tracing::debug!(
+            files = tree.files.len(),
+            documents = tree.documents.len(),
+            problems = tree.problems.len(),
+            "loaded"
+        );
+        tree
+    }
+}
 
 /// Exit codes, as documented in `--help`.
 pub mod exit {

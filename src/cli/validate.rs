@@ -5,7 +5,7 @@ use std::io::{IsTerminal, Write};
 use anyhow::Context;
 
 use super::{exit, LoadArgs};
-use crate::load::{LoadError, Tree};
+use crate::load::LoadError;
 use crate::validate::{report, validate, Schemas, ValidateOptions};
 
 pub const AFTER_HELP: &str = "\
@@ -39,11 +39,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
-    let options = args.load.options();
-    let mut tree = Tree::default();
-    for path in &args.load.paths {
-        tree.add_path(path, &options);
-    }
+    let tree = args.load.load();
     let schemas = Schemas::new().context("loading the embedded schemas")?;
     let validation = validate(
         &tree,
