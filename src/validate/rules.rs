@@ -118,24 +118,26 @@ fn check_runtime(component: Component<'_>, common: &CommonFields<'_>, c: &mut Ch
                 );
             }
         }
-        Component::Source(spec) => {
+        Component::Source(_) | Component::Sink(_) => {
+            let kind = component.kind_name();
             if common.java.is_none() {
-                c.error("runtime-missing", "", "a Source needs the java runtime");
+                c.error(
+                    "runtime-missing",
+                    "",
+                    format!("a {kind} needs the java runtime"),
+                );
             }
-            if spec.source_config.is_none() {
+            let (has_config, field) = match component {
+                Component::Source(s) => (s.source_config.is_some(), "sourceConfig"),
+                Component::Sink(s) => (s.sink_config.is_some(), "sinkConfig"),
+                Component::Function(_) => (true, ""),
+            };
+            if !has_config {
                 c.error(
                     "connector-config-missing",
                     "",
-                    "a Source needs sourceConfig",
+                    format!("a {kind} needs {field}"),
                 );
-            }
-        }
-        Component::Sink(spec) => {
-            if common.java.is_none() {
-                c.error("runtime-missing", "", "a Sink needs the java runtime");
-            }
-            if spec.sink_config.is_none() {
-                c.error("connector-config-missing", "", "a Sink needs sinkConfig");
             }
         }
     }
