@@ -120,7 +120,7 @@ fn prints_the_embedded_schemas() {
         "https://json-schema.org/draft/2020-12/schema"
     );
     let listed = stdout(&meshops(&["schema", "--list"]));
-    assert_eq!(listed.lines().count(), 8);
+    assert_eq!(listed.lines().count(), 9);
 }
 
 #[test]

@@ -8,7 +8,8 @@ use super::exit;
 use crate::model::{schema, Kind};
 
 pub const AFTER_HELP: &str = "\
-Kinds: Function, Source, Sink, FunctionMesh, BackendConfig, ConfigMap, Secret, ServiceAccount
+Kinds: Function, Source, Sink, FunctionMesh, BackendConfig, ConfigMap, Secret, ServiceAccount,
+Settings (meshops.yaml)
 (case-insensitive).
 
 Editors that speak the YAML language server pick a schema up from a comment on the first line

@@ -153,6 +153,8 @@ pub enum LoadError {
     NotAMapping,
     #[error("document has no {field}")]
     MissingType { field: &'static str },
+    #[error("a Settings document belongs in meshops.yaml at the root of the source")]
+    MisplacedSettings,
     #[error("{kind} is cluster-scoped; meshops only manages namespaced objects")]
     ClusterScoped { kind: String },
     #[error(
@@ -174,6 +176,7 @@ impl LoadError {
             LoadError::Yaml(_) => "yaml",
             LoadError::NotAMapping => "not-a-mapping",
             LoadError::MissingType { .. } => "missing-type",
+            LoadError::MisplacedSettings => "misplaced-settings",
             LoadError::ClusterScoped { .. } => "cluster-scoped-kind",
             LoadError::UnsupportedKind { .. } => "unsupported-kind",
         }
@@ -320,11 +323,21 @@ impl Tree {
                 })
             }
         };
+        let is_settings_file = self.files[file]
+            .path
+            .file_name()
+            .is_some_and(|n| n == crate::model::settings::SETTINGS_FILE);
         for raw in raw_documents {
-            match classify(&raw.value) {
+            let kind = classify(&raw.value).and_then(|kind| match kind {
+                Kind::Settings if !is_settings_file => Err(("/kind", LoadError::MisplacedSettings)),
+                _ => Ok(kind),
+            });
+            match kind {
                 Ok(kind) => {
                     let mut value = raw.value;
-                    set_default_namespace(&mut value, &options.default_namespace);
+                    if kind != Kind::Settings {
+                        set_default_namespace(&mut value, &options.default_namespace);
+                    }
                     self.documents.push(Document {
                         file,
                         index: raw.index,

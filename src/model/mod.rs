@@ -8,6 +8,7 @@
 pub mod common;
 pub mod component;
 pub mod schema;
+pub mod settings;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,7 +22,9 @@ use serde_with::skip_serializing_none;
 pub use common::*;
 pub use component::{
     CommonFields, ComponentSpec, FunctionSpec, ImagePullPolicy, SinkSpec, SourceSpec,
+    VolumeClaimTemplate,
 };
+pub use settings::{RenderSettings, Settings};
 
 /// API group and version of every Function Mesh kind.
 pub const FUNCTION_MESH_API_VERSION: &str = "compute.functionmesh.io/v1alpha1";
@@ -87,10 +90,12 @@ pub enum Kind {
     ConfigMap,
     Secret,
     ServiceAccount,
+    /// `meshops.yaml`, only at the root of a source.
+    Settings,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::Function,
         Kind::Source,
         Kind::Sink,
@@ -99,6 +104,7 @@ impl Kind {
         Kind::ConfigMap,
         Kind::Secret,
         Kind::ServiceAccount,
+        Kind::Settings,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -111,12 +117,14 @@ impl Kind {
             Kind::ConfigMap => "ConfigMap",
             Kind::Secret => "Secret",
             Kind::ServiceAccount => "ServiceAccount",
+            Kind::Settings => "Settings",
         }
     }
 
     pub fn api_version(self) -> &'static str {
         match self {
             Kind::ConfigMap | Kind::Secret | Kind::ServiceAccount => "v1",
+            Kind::Settings => settings::SETTINGS_API_VERSION,
             _ => FUNCTION_MESH_API_VERSION,
         }
     }
@@ -165,6 +173,7 @@ pub enum Manifest {
     ConfigMap(ConfigMap),
     Secret(Secret),
     ServiceAccount(ServiceAccount),
+    Settings(Settings),
 }
 
 /// Why a JSON value did not fit the typed model; `path` is where (JSON pointer).
@@ -195,6 +204,7 @@ impl Manifest {
             Kind::ConfigMap => Manifest::ConfigMap(typed(value)?),
             Kind::Secret => Manifest::Secret(typed(value)?),
             Kind::ServiceAccount => Manifest::ServiceAccount(typed(value)?),
+            Kind::Settings => Manifest::Settings(typed(value)?),
         })
     }
 
@@ -208,6 +218,7 @@ impl Manifest {
             Manifest::ConfigMap(o) => serde_json::to_value(o),
             Manifest::Secret(o) => serde_json::to_value(o),
             Manifest::ServiceAccount(o) => serde_json::to_value(o),
+            Manifest::Settings(o) => serde_json::to_value(o),
         };
         // Serializing plain data structs with string keys cannot fail.
         value.unwrap_or(serde_json::Value::Null)
@@ -223,11 +234,31 @@ impl Manifest {
             Manifest::ConfigMap(_) => Kind::ConfigMap,
             Manifest::Secret(_) => Kind::Secret,
             Manifest::ServiceAccount(_) => Kind::ServiceAccount,
+            Manifest::Settings(_) => Kind::Settings,
         }
     }
 
+    /// The object's metadata; the settings document has none.
     pub fn metadata(&self) -> &ObjectMeta {
+        static NONE: ObjectMeta = ObjectMeta {
+            annotations: None,
+            creation_timestamp: None,
+            deletion_grace_period_seconds: None,
+            deletion_timestamp: None,
+            finalizers: None,
+            generate_name: None,
+            generation: None,
+            labels: None,
+            managed_fields: None,
+            name: None,
+            namespace: None,
+            owner_references: None,
+            resource_version: None,
+            self_link: None,
+            uid: None,
+        };
         match self {
+            Manifest::Settings(_) => &NONE,
             Manifest::Function(o) => &o.metadata,
             Manifest::Source(o) => &o.metadata,
             Manifest::Sink(o) => &o.metadata,

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
-use super::{BackendConfig, Function, FunctionMesh, Kind, Sink, Source};
+use super::{BackendConfig, Function, FunctionMesh, Kind, Settings, Sink, Source};
 
 /// The Kubernetes grammar for quantities (`100m`, `1.5Gi`, `1e3`), as in the apiextensions
 /// validation of CRDs. A bare YAML number (`cpu: 0.5`) is a quantity too.
@@ -31,6 +31,7 @@ pub fn embedded(kind: Kind) -> &'static str {
         Kind::ConfigMap => include_str!("../../schemas/configmap.json"),
         Kind::Secret => include_str!("../../schemas/secret.json"),
         Kind::ServiceAccount => include_str!("../../schemas/serviceaccount.json"),
+        Kind::Settings => include_str!("../../schemas/settings.json"),
     }
 }
 
@@ -46,6 +47,7 @@ pub fn generate(kind: Kind) -> Value {
         Kind::ConfigMap => generator.into_root_schema_for::<ConfigMap>(),
         Kind::Secret => generator.into_root_schema_for::<Secret>(),
         Kind::ServiceAccount => generator.into_root_schema_for::<ServiceAccount>(),
+        Kind::Settings => generator.into_root_schema_for::<Settings>(),
     };
     let mut value = schema.to_value();
     close_objects(&mut value);
@@ -162,14 +164,19 @@ fn pin_root(value: &mut Value, kind: Kind) {
     if let Some(properties) = root.get_mut("properties").and_then(Value::as_object_mut) {
         properties.insert("apiVersion".into(), json!({"const": kind.api_version()}));
         properties.insert("kind".into(), json!({"const": kind.as_str()}));
-        properties.insert(
-            "metadata".into(),
-            json!({"$ref": format!("#/$defs/{OBJECT_META_DEF}"), "required": ["name"]}),
-        );
+        if kind != Kind::Settings {
+            properties.insert(
+                "metadata".into(),
+                json!({"$ref": format!("#/$defs/{OBJECT_META_DEF}"), "required": ["name"]}),
+            );
+        }
     }
-    let mut required = vec!["apiVersion", "kind", "metadata"];
-    if !matches!(kind, Kind::ConfigMap | Kind::Secret | Kind::ServiceAccount) {
-        required.push("spec");
-    }
+    let required = match kind {
+        Kind::ConfigMap | Kind::Secret | Kind::ServiceAccount => {
+            vec!["apiVersion", "kind", "metadata"]
+        }
+        Kind::Settings => vec!["apiVersion", "kind", "spec"],
+        _ => vec!["apiVersion", "kind", "metadata", "spec"],
+    };
     root.insert("required".into(), json!(required));
 }

@@ -137,7 +137,10 @@ pub fn check_names(
     describe: &dyn Fn(usize, &str) -> String,
 ) -> Vec<Located> {
     let mut out = Vec::new();
-    for c in checked {
+    for c in checked
+        .iter()
+        .filter(|c| c.manifest.kind() != Kind::Settings)
+    {
         let name = c.manifest.name();
         let kind = c.manifest.kind();
         let ok = match kind {
