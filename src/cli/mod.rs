@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, wiring only.
 
+mod render;
 mod schema;
 mod validate;
 
@@ -28,6 +29,9 @@ pub enum Command {
     /// Check manifests against the schemas, the operator's admission rules and the topic graph.
     #[command(after_help = validate::AFTER_HELP)]
     Validate(validate::Args),
+    /// Render manifests into the Kubernetes objects to apply (like `helm template`).
+    #[command(after_help = render::AFTER_HELP)]
+    Render(render::Args),
     /// Print the JSON Schema of a kind (for editors and CI tools).
     #[command(after_help = schema::AFTER_HELP)]
     Schema(schema::Args),
@@ -88,6 +92,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Validate(args) => validate::run(args),
         Command::Schema(args) => schema::run(args),
+        Command::Render(args) => render::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
