@@ -114,7 +114,7 @@ fn crypto(c: &CryptoConfig) -> Value {
         "cryptoKeyReaderConfig",
         c.crypto_key_reader_config
             .as_ref()
-            .map(|c| json_string(c))
+            .map(json_string)
             .as_deref(),
     )
     .set(
