@@ -8,7 +8,6 @@ use k8s_openapi::api::autoscaling::v2::{
     MetricTarget, ResourceMetricSource,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube_quantity::ParsedQuantity;
 use serde_json::{json, Value};
 
 use super::spec::RunnerSpec;
@@ -25,8 +24,7 @@ fn factor(r: &RunnerSpec, resource: &str) -> f64 {
         >,
     >| {
         list.and_then(|l| l.get(resource))
-            .and_then(|q| ParsedQuantity::try_from(q).ok())
-            .and_then(|q| q.to_bytes_f64())
+            .and_then(super::quantity)
             .unwrap_or(0.0)
     };
     let request = get(resources.and_then(|x| x.requests.as_ref()));

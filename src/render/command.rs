@@ -628,9 +628,8 @@ pub fn max_direct_memory(r: &RunnerSpec) -> String {
         .resources
         .as_ref()
         .and_then(|res| res.limits.as_ref()?.get("memory"))
-        .and_then(|q| kube_quantity::ParsedQuantity::try_from(q).ok())
-        .and_then(|q| q.to_bytes_i128())
-        .unwrap_or(0)
+        .and_then(super::quantity)
+        .map_or(0, |b| b.ceil() as i128)
         / 5;
     decimal_si(bytes)
 }

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use kube_quantity::ParsedQuantity;
 use serde_json::{json, Map, Value};
 
 use super::spec::{ComponentKind, RunnerSpec};
@@ -86,20 +85,17 @@ pub fn sorted(value: Value) -> Value {
 /// `{cpu, ram, disk}` from the resource requests.
 fn resources(r: &RunnerSpec) -> Value {
     let requests = r.spec.resources.as_ref().and_then(|x| x.requests.as_ref());
-    let quantity = |name: &str| {
-        requests
-            .and_then(|q| q.get(name))
-            .and_then(|q| ParsedQuantity::try_from(q).ok())
-    };
+    let quantity = |name: &str| requests.and_then(|q| q.get(name)).and_then(super::quantity);
     let mut m = Message::default();
-    if let Some(cpu) = quantity("cpu").and_then(|q| q.to_bytes_f64()) {
+    if let Some(cpu) = quantity("cpu") {
         m.set("cpu", json!(cpu));
     }
-    if let Some(ram) = quantity("memory").and_then(|q| q.to_bytes_i64()) {
-        m.set("ram", json!(ram.to_string()));
+    // Go's Quantity.Value() rounds up to a whole byte.
+    if let Some(ram) = quantity("memory") {
+        m.set("ram", json!((ram.ceil() as i64).to_string()));
     }
-    if let Some(disk) = quantity("ephemeral-storage").and_then(|q| q.to_bytes_i64()) {
-        m.set("disk", json!(disk.to_string()));
+    if let Some(disk) = quantity("ephemeral-storage") {
+        m.set("disk", json!((disk.ceil() as i64).to_string()));
     }
     m.value()
 }
@@ -484,11 +480,7 @@ pub fn go_function_conf(r: &RunnerSpec, function_id: &str) -> Value {
         .as_ref()
         .and_then(|x| x.requests.clone())
         .unwrap_or_default();
-    let bytes = |name: &str| {
-        requests
-            .get(name)
-            .and_then(|q| ParsedQuantity::try_from(q).ok())
-    };
+    let bytes = |name: &str| -> Option<f64> { requests.get(name).and_then(super::quantity) };
     let guarantee = match s.processing_guarantee {
         Some(ProcessingGuarantee::AtmostOnce) => 1,
         Some(ProcessingGuarantee::EffectivelyOnce) => 2,
@@ -528,9 +520,9 @@ pub fn go_function_conf(r: &RunnerSpec, function_id: &str) -> Value {
         "receiverQueueSize": source_spec.and_then(|c| c.receiver_queue_size).unwrap_or(0),
         "sinkSpecsTopic": output.topic.clone().unwrap_or_default(),
         "sinkSchemaType": output.sink_schema_type.clone().unwrap_or_default(),
-        "cpu": bytes("cpu").and_then(|q| q.to_bytes_f64()).unwrap_or(0.0),
-        "ram": bytes("memory").and_then(|q| q.to_bytes_i64()).unwrap_or(0),
-        "disk": bytes("ephemeral-storage").and_then(|q| q.to_bytes_i64()).unwrap_or(0),
+        "cpu": bytes("cpu").unwrap_or(0.0),
+        "ram": bytes("memory").map_or(0, |b| b.ceil() as i64),
+        "disk": bytes("ephemeral-storage").map_or(0, |b| b.ceil() as i64),
         "maxMessageRetries": s.max_message_retry.unwrap_or(0),
         "deadLetterTopic": s.dead_letter_topic.clone().unwrap_or_default(),
         "expectedHealthCheckInterval": -1,

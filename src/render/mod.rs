@@ -152,10 +152,33 @@ pub fn function_id(namespace: &str, name: &str) -> String {
     )
 }
 
-/// sha256 of the canonical JSON (sorted keys, compact) of `value`.
+/// sha256 of the canonical JSON (sorted keys, compact) of `value` without its own
+/// `meshops.io/spec-hash` annotation (and without the annotations map if that leaves it
+/// empty), so a live object's annotation can be checked against the object itself.
 pub fn spec_hash(value: &Value) -> String {
-    let canonical = serde_json::to_string(&sorted(value.clone())).unwrap_or_default();
+    let mut value = value.clone();
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        let empty = match meta.get_mut("annotations").and_then(Value::as_object_mut) {
+            Some(annotations) => {
+                annotations.remove(SPEC_HASH);
+                annotations.is_empty()
+            }
+            None => false,
+        };
+        if empty {
+            meta.remove("annotations");
+        }
+    }
+    let canonical = serde_json::to_string(&sorted(value)).unwrap_or_default();
     format!("{:x}", Sha256::digest(canonical.as_bytes()))
+}
+
+/// A quantity as a number (cores, bytes). kube_quantity's integer conversions truncate
+/// `1.1G` to `1G`, so the value goes through f64, exact for every realistic size.
+pub(crate) fn quantity(q: &k8s_openapi::apimachinery::pkg::api::resource::Quantity) -> Option<f64> {
+    kube_quantity::ParsedQuantity::try_from(q)
+        .ok()?
+        .to_bytes_f64()
 }
 
 /// Adds the identity labels and the spec hash (DESIGN §4).
@@ -166,9 +189,6 @@ fn identify(value: &mut Value, source: &str) {
     }
     meta["labels"][MANAGED_BY] = json!("meshops");
     meta["labels"][SOURCE_LABEL] = json!(source);
-    if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-        annotations.remove(SPEC_HASH);
-    }
     let hash = spec_hash(value);
     annotate(value, SPEC_HASH, &hash);
 }
