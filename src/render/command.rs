@@ -863,6 +863,7 @@ fn push_state(r: &RunnerSpec, args: &mut Vec<String>, java: bool) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{OAuth2Config, PulsarTlsConfig};
 
     #[test]
     fn quotes_like_the_operator() {
@@ -876,5 +877,164 @@ mod tests {
         assert_eq!(decimal_si(214_748_364), "214748364");
         assert_eq!(decimal_si(0), "0");
         assert_eq!(decimal_si(2_000), "2k");
+    }
+
+    fn argv(
+        location: &str,
+        tools: Tools,
+        m: &PulsarMessaging,
+        prefix: &'static str,
+    ) -> Vec<String> {
+        download_args(
+            location,
+            "function.jar",
+            tools,
+            &Connection {
+                messaging: m,
+                prefix,
+            },
+        )
+    }
+
+    const ADMIN: Tools = Tools {
+        pulsarctl: false,
+        wget: false,
+    };
+    const CTL: Tools = Tools {
+        pulsarctl: true,
+        wget: true,
+    };
+
+    /// Rows in the manner of the operator's `TestGetDownloadCommand`.
+    #[test]
+    fn download_argv_matches_the_operators_table() {
+        let plain = PulsarMessaging::default();
+        assert_eq!(
+            argv("function://public/default/test@v1", ADMIN, &plain, ""),
+            [
+                "/pulsar/bin/pulsar-admin",
+                "--admin-url",
+                "$webServiceURL",
+                "packages",
+                "download",
+                "function://public/default/test@v1",
+                "--path",
+                "function.jar"
+            ]
+        );
+        assert_eq!(
+            argv("public/default/test", ADMIN, &plain, ""),
+            [
+                "/pulsar/bin/pulsar-admin",
+                "--admin-url",
+                "$webServiceURL",
+                "functions",
+                "download",
+                "--path",
+                "public/default/test",
+                "--destination-file",
+                "function.jar"
+            ]
+        );
+        assert_eq!(
+            argv("https://example.com/f.jar", CTL, &plain, ""),
+            ["wget", "https://example.com/f.jar", "-O", "function.jar"]
+        );
+        // Without wget an http URL goes through the admin tool.
+        assert_eq!(
+            argv("http://example.com/f.jar", ADMIN, &plain, "")[3],
+            "functions"
+        );
+        let oauth2 = PulsarMessaging {
+            auth_config: Some(AuthConfig {
+                oauth2_config: Some(OAuth2Config {
+                    audience: "urn:aud".into(),
+                    issuer_url: "https://issuer/".into(),
+                    scope: Some("read".into()),
+                    key_secret_name: "key".into(),
+                    key_secret_key: "auth.json".into(),
+                }),
+                generic_auth: None,
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            argv("sink://public/default/es@1", CTL, &oauth2, "").join(" "),
+            "export PATH=$PATH:/pulsar/bin &&  pulsarctl context set downloader --admin-service-url $webServiceURL --issuer-endpoint https://issuer/ --audience urn:aud --key-file /etc/oauth2/auth.json --scope read && pulsarctl oauth2 activate && pulsarctl packages download sink://public/default/es@1 --path function.jar"
+        );
+        assert_eq!(
+            argv("function://p/d/f", ADMIN, &oauth2, "PACKAGE_")[..7].join(" "),
+            format!("/pulsar/bin/pulsar-admin --admin-url $PACKAGE_webServiceURL --auth-plugin {OAUTH2_PLUGIN} --auth-params {}",
+                oauth2_params(oauth2.auth_config.as_ref().unwrap().oauth2_config.as_ref().unwrap(), "/etc/oauth2-package-service"))
+        );
+        let legacy = PulsarMessaging {
+            auth_secret: Some("auth".into()),
+            tls_secret: Some("tls".into()),
+            ..Default::default()
+        };
+        assert_eq!(
+            argv("function://p/d/f", CTL, &legacy, "").join(" "),
+            "export PATH=$PATH:/pulsar/bin &&  ( pulsarctl oauth2 activate --auth-params $clientAuthenticationParameters || true ) && pulsarctl --auth-plugin $clientAuthenticationPlugin --auth-params $clientAuthenticationParameters --admin-service-url $webServiceURL --tls-allow-insecure=${tlsAllowInsecureConnection:-false} --tls-enable-hostname-verification=${tlsHostnameVerificationEnable:-true} --tls-trust-cert-path $tlsTrustCertsFilePath packages download function://p/d/f --path function.jar"
+        );
+        let tls = PulsarMessaging {
+            tls_config: Some(PulsarTlsConfig {
+                enabled: Some(true),
+                allow_insecure: Some(false),
+                hostname_verification: Some(true),
+                cert_secret_name: Some("ca".into()),
+                cert_secret_key: Some("ca.crt".into()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            argv("function://p/d/f", ADMIN, &tls, "").join(" "),
+            "/pulsar/bin/pulsar-admin --admin-url $webServiceURL --tls-enable-hostname-verification --tls-trust-cert-path /etc/tls/pulsar-functions/ca.crt packages download function://p/d/f --path function.jar"
+        );
+    }
+
+    /// What the operator's Go template (`python-runtime-log-config.ini.tmpl`) produces.
+    #[test]
+    fn python_logging_ini_matches_the_operator_template() {
+        assert_eq!(
+            python_ini("fn", None, false),
+            "[loggers]\nkeys=root\n\n[handlers]\nkeys=stream_handler\n\n[formatters]\n\nkeys=formatter\n\n\n[logger_root]\nlevel=INFO\nhandlers=stream_handler\n\n[handler_stream_handler]\nclass=StreamHandler\nlevel=INFO\n\nformatter=formatter\n\nargs=(sys.stdout,)\n\n\n[formatter_formatter]\nformat=[%(asctime)s] [%(levelname)s] %(filename)s: %(message)s\ndatefmt=%Y-%m-%d %H:%M:%S %z\n"
+        );
+        let json_daily = RuntimeLogConfig {
+            level: Some(LogLevel::Debug),
+            format: Some(LogFormat::Json),
+            rotate_policy: Some(RotatePolicy::TimedPolicyWithDaily),
+            ..Default::default()
+        };
+        assert_eq!(
+            python_ini("fn", Some(&json_daily), false),
+            "[loggers]\nkeys=root\n\n[handlers]\nkeys=stream_handler,timed_rotating_file_handler\n\n[formatters]\n\nkeys=json\n\n\n[logger_root]\nlevel=DEBUG\nhandlers=stream_handler,timed_rotating_file_handler\n[handler_timed_rotating_file_handler]\nargs=(\\\"logs/functions/fn-${SHARD_ID}.log\\\", 'D', 1, 5,)\nclass=handlers.TimedRotatingFileHandler\nlevel=DEBUG \nformatter=formatter\n\n[handler_stream_handler]\nclass=StreamHandler\nlevel=DEBUG\n\nformatter=json\n\nargs=(sys.stdout,)\n\n\n[formatter_json]\nformat = %(message)s\nclass = pythonjsonlogger.jsonlogger.JsonFormatter\n"
+        );
+        // The sidecar agent needs a rotated file even without a policy.
+        assert!(python_ini("fn", None, true).contains("keys=stream_handler,rotating_file_handler"));
+    }
+
+    /// What `java-runtime-log4j.xml.tmpl` produces for the default and a rolling config.
+    #[test]
+    fn log4j_xml_matches_the_operator_template() {
+        let default = log4j_xml(None, false);
+        assert!(default.starts_with("<Configuration>\n    <name>pulsar-functions-kubernetes-instance</name>\n    <monitorInterval>30</monitorInterval>\n    <Properties>\n        <Property>\n            <name>pulsar.log.level</name>\n            <value>INFO</value>"));
+        assert!(default.contains("<target>SYSTEM_OUT</target>\n            \n            <PatternLayout>\n                <Pattern>%d{ISO8601_OFFSET_DATE_TIME_HHMM} [%t] %-5level %logger{36} - %msg%n</Pattern>\n            </PatternLayout>\n            \n        </Console>\n    </Appenders>"));
+        assert!(default.ends_with("            <AppenderRef>\n                <ref>Console</ref>\n                <level>\\${sys:pulsar.log.level}</level>\n            </AppenderRef>\n        </Root>\n    </Loggers>\n</Configuration>"));
+        assert!(!default.contains("RollingRandomAccessFile"));
+        let weekly = RuntimeLogConfig {
+            rotate_policy: Some(RotatePolicy::TimedPolicyWithWeekly),
+            level: Some(LogLevel::Warn),
+            ..Default::default()
+        };
+        let rolling = log4j_xml(Some(&weekly), false);
+        assert!(rolling.contains("<value>WARN</value>"));
+        assert!(rolling.contains("</Console>\n        <RollingRandomAccessFile>\n            <name>RollingRandomAccessFile</name>"));
+        assert!(rolling.contains("<Policies>\n                <CronTriggeringPolicy>\n                    <schedule>\"0 0 0 \\? \\* 1 *\"</schedule>\n                </CronTriggeringPolicy>\n            </Policies>"));
+        assert_eq!(
+            rolling
+                .matches("<ref>RollingRandomAccessFile</ref>")
+                .count(),
+            2
+        );
     }
 }
