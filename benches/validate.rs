@@ -1,10 +1,12 @@
-//! Load + validate of a generated repository with 1,000 Functions (and their ConfigMap),
+//! Load + validate + render of a generated repository with 1,000 Functions (and their ConfigMap),
 //! the size of a large GitOps repository. Run with `cargo bench --bench validate`.
 
 use std::path::Path;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshops::load::{LoadOptions, Tree};
+use meshops::model::RenderSettings;
+use meshops::render::render;
 use meshops::validate::{validate, Schemas, ValidateOptions};
 
 /// Writes `count` Functions in a chain (each reads the previous one's output), spread over
@@ -76,6 +78,10 @@ fn bench(c: &mut Criterion) {
     let tree = Tree::load(dir.path(), &options);
     c.bench_function("validate 1000 loaded functions", |b| {
         b.iter(|| validate(&tree, &schemas, ValidateOptions::default()))
+    });
+    let validation = validate(&tree, &schemas, ValidateOptions::default());
+    c.bench_function("render 1000 functions", |b| {
+        b.iter(|| render(&validation.checked, &RenderSettings::default(), "bench").unwrap())
     });
     c.bench_function("compile embedded schemas", |b| {
         b.iter(|| Schemas::new().unwrap())

@@ -211,3 +211,42 @@ fn skips_hidden_and_ignored_files_and_refuses_escaping_symlinks() {
     );
     assert!(text.contains("1 document in 1 file"), "{text}");
 }
+
+#[test]
+fn render_prints_a_yaml_stream_and_nothing_when_invalid() {
+    let out = meshops(&[
+        "render",
+        "examples/staging",
+        "--only",
+        "StatefulSet/alerts-function",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("---\napiVersion: apps/v1\nkind: StatefulSet\n"),
+        "{text}"
+    );
+    assert_eq!(text.matches("\n---\n").count(), 0, "only one object");
+    assert!(text.contains("meshops.io/source: staging"));
+
+    let json = meshops(&[
+        "render",
+        "examples/staging",
+        "-o",
+        "json",
+        "--mode",
+        "operator",
+    ]);
+    let objects: Vec<serde_json::Value> = serde_json::from_slice(&json.stdout).unwrap();
+    assert!(objects.iter().all(|o| o["kind"] != "StatefulSet"));
+
+    let bad = meshops(&["render", "tests/data/invalid/replicas-above-max.yaml"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(bad.stdout.is_empty(), "nothing on stdout when invalid");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("replicas-above-max"));
+}

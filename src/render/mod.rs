@@ -181,16 +181,23 @@ pub(crate) fn quantity(q: &k8s_openapi::apimachinery::pkg::api::resource::Quanti
         .to_bytes_f64()
 }
 
-/// Adds the identity labels and the spec hash (DESIGN §4).
-fn identify(value: &mut Value, source: &str) {
+/// Adds the identity labels and the spec hash (DESIGN §4), and sorts every map so the output
+/// reads the same whichever way the object was built. The hash is taken from the sorted value
+/// before the annotation exists, which is what [`spec_hash`] recomputes from a live object.
+fn identify(mut value: Value, source: &str) -> Value {
     let meta = &mut value["metadata"];
     if !meta["labels"].is_object() {
         meta["labels"] = json!({});
     }
     meta["labels"][MANAGED_BY] = json!("meshops");
     meta["labels"][SOURCE_LABEL] = json!(source);
-    let hash = spec_hash(value);
-    annotate(value, SPEC_HASH, &hash);
+    let mut value = sorted(value);
+    let canonical = serde_json::to_string(&value).unwrap_or_default();
+    let hash = format!("{:x}", Sha256::digest(canonical.as_bytes()));
+    annotate(&mut value, SPEC_HASH, &hash);
+    let meta = value["metadata"].take();
+    value["metadata"] = sorted(meta);
+    value
 }
 
 fn is_label_value(value: &str) -> bool {
@@ -305,10 +312,8 @@ pub fn render(
     }
     let mut rendered: Vec<Object> = objects
         .into_iter()
-        .map(|mut value| {
-            identify(&mut value, source);
-            // Sorted keys: the output reads the same whichever way the object was built.
-            let value = sorted(value);
+        .map(|value| {
+            let value = identify(value, source);
             Object {
                 phase: phase(value["kind"].as_str().unwrap_or_default()),
                 value,
