@@ -231,6 +231,22 @@ fn go_functions_get_their_instance_conf_and_no_auth_flags() {
     assert!(s.starts_with("SHARD_ID=${POD_NAME##*-} && echo shardId=${SHARD_ID} && GO_FUNCTION_CONF={\\\"pulsarServiceURL\\\":\\\"${brokerServiceURL}\\\",\\\"instanceID\\\":${SHARD_ID},"), "{s}");
     assert!(s.ends_with(" && goFunctionConfigs=${GO_FUNCTION_CONF} && echo goFunctionConfigs=\"'${goFunctionConfigs}'\" && ls -l /pulsar/fn && chmod +x /pulsar/fn && exec /pulsar/fn -instance-conf ${goFunctionConfigs}"), "{s}");
     assert!(!s.contains("--client_auth"));
+    // The segments the operator's TestMakeGoFunctionCommand pins.
+    let segments: Vec<&str> = s.split("&&").collect();
+    assert_eq!(segments[0], "SHARD_ID=${POD_NAME##*-} ");
+    assert_eq!(segments[1], " echo shardId=${SHARD_ID} ");
+    assert!(segments[2].starts_with(" GO_FUNCTION_CONF"));
+    assert_eq!(segments[3], " goFunctionConfigs=${GO_FUNCTION_CONF} ");
+    assert_eq!(
+        segments[4],
+        " echo goFunctionConfigs=\"'${goFunctionConfigs}'\" "
+    );
+    assert_eq!(segments[5], " ls -l /pulsar/fn ");
+    assert_eq!(segments[6], " chmod +x /pulsar/fn ");
+    assert_eq!(
+        segments[7],
+        " exec /pulsar/fn -instance-conf ${goFunctionConfigs}"
+    );
     assert!(main["env"]
         .as_array()
         .unwrap()
