@@ -304,3 +304,49 @@ spec:
         1
     );
 }
+
+/// The operator's `TestBatchSource` (controllers/spec/utils_test.go), its exact configs JSON.
+#[test]
+fn batch_source_configs_match_the_operators_oracle() {
+    let source = "apiVersion: compute.functionmesh.io/v1alpha1
+kind: Source
+metadata: {name: test-source, namespace: ns}
+spec:
+  name: test-suorce
+  className: org.apache.pulsar.ecosystem.io.bigquery.BigQuerySource
+  tenant: public
+  clusterName: test-pulsar
+  output:
+    topic: persistent://public/default/destination
+    typeClassName: org.apache.pulsar.common.schema.KeyValue
+    producerConf: {maxPendingMessages: 1000, maxPendingMessagesAcrossPartitions: 50000, useThreadLocalProducers: true}
+  batchSourceConfig:
+    discoveryTriggererClassName: test-trigger-class
+    discoveryTriggererConfig: {test-key: test-value}
+  sourceConfig: {tableName: test-table}
+  pulsar: {pulsarConfig: test-pulsar}
+  image: test-image
+  java: {jar: connectors/test.jar, jarLocation: \"\"}
+";
+    let objects = render_files(&[("source.yaml", source)]);
+    let main = container(
+        find(&objects, "StatefulSet", "test-source-source"),
+        "pulsar-source",
+    );
+    let details_text = script(main)
+        .split("--function_details '")
+        .nth(1)
+        .unwrap()
+        .split("' --pulsar_serviceurl")
+        .next()
+        .unwrap();
+    let details: Value = serde_json::from_str(details_text).unwrap();
+    assert_eq!(
+        details["source"]["className"],
+        "org.apache.pulsar.functions.source.batch.BatchSourceExecutor"
+    );
+    assert_eq!(
+        details["source"]["configs"],
+        r#"{"__BATCHSOURCECLASSNAME__":"org.apache.pulsar.ecosystem.io.bigquery.BigQuerySource","__BATCHSOURCECONFIGS__":"{\"discoveryTriggererClassName\":\"test-trigger-class\",\"discoveryTriggererConfig\":{\"test-key\":\"test-value\"}}","tableName":"test-table"}"#
+    );
+}
