@@ -350,3 +350,67 @@ spec:
         r#"{"__BATCHSOURCECLASSNAME__":"org.apache.pulsar.ecosystem.io.bigquery.BigQuerySource","__BATCHSOURCECONFIGS__":"{\"discoveryTriggererClassName\":\"test-trigger-class\",\"discoveryTriggererConfig\":{\"test-key\":\"test-value\"}}","tableName":"test-table"}"#
     );
 }
+
+/// The operator's `TestGeneratePodVolumes` / `TestGenerateContainerVolumeMounts` cases, in one
+/// Function: trust cert, producer and consumer crypto secrets, a log4j ConfigMap.
+#[test]
+fn volumes_and_mounts_follow_the_operators_order_and_names() {
+    let function = "apiVersion: compute.functionmesh.io/v1alpha1
+kind: Function
+metadata: {name: fn, namespace: ns}
+spec:
+  className: io.example.Fn
+  input:
+    topics: [persistent://public/default/in]
+    sourceSpecs:
+      persistent://public/default/in:
+        cryptoConfig:
+          cryptoKeyReaderClassName: io.example.Keys
+          cryptoSecrets: [{secretName: test-consumer-secret, secretKey: test-consumer-key, asVolume: /test-consumer}]
+  output:
+    topic: persistent://public/default/out
+    producerConf:
+      cryptoConfig:
+        cryptoKeyReaderClassName: io.example.Keys
+        encryptionKeys: [k]
+        cryptoSecrets:
+          - {secretName: test-producer-secret, secretKey: test-producer-key, asVolume: /test-producer}
+          - {secretName: no-mount-secret, secretKey: no-mount-key}
+  pulsar:
+    pulsarConfig: pulsar
+    tlsConfig: {enabled: true, allowInsecure: true, hostnameVerification: true, certSecretName: test-trust-secret, certSecretKey: test-trust-key}
+  java:
+    jar: /pulsar/fn.jar
+    log:
+      logConfig: {name: test-log-config, key: java-xml}
+";
+    let objects = render_files(&[("fn.yaml", function)]);
+    let sts = find(&objects, "StatefulSet", "fn-function");
+    let secret = |name: &str, key: &str| json!({"name": format!("{name}-{key}"), "secret": {"secretName": name, "items": [{"key": key, "path": key}]}});
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["volumes"],
+        json!([
+            secret("test-trust-secret", "test-trust-key"),
+            secret("test-producer-secret", "test-producer-key"),
+            secret("no-mount-secret", "no-mount-key"),
+            secret("test-consumer-secret", "test-consumer-key"),
+            {"name": "test-log-config-java-log-conf", "configMap": {"name": "test-log-config", "items": [{"key": "java-xml", "path": "java_instance_log4j.xml"}]}},
+        ])
+    );
+    let main = container(sts, "pulsar-function");
+    assert_eq!(
+        main["volumeMounts"],
+        json!([
+            {"name": "test-trust-secret-test-trust-key", "mountPath": "/etc/tls/pulsar-functions"},
+            {"name": "test-producer-secret-test-producer-key", "mountPath": "/test-producer"},
+            {"name": "test-consumer-secret-test-consumer-key", "mountPath": "/test-consumer"},
+            {"name": "test-log-config-java-log-conf", "mountPath": "/pulsar/conf/java-log/"},
+        ])
+    );
+    let s = script(main);
+    assert!(s.contains("--use_tls true --tls_allow_insecure true --hostname_verification_enabled true --tls_trust_cert_path /etc/tls/pulsar-functions/test-trust-key"), "{s}");
+    assert!(
+        !s.contains("mkdir -p /pulsar/conf/java-log/"),
+        "a ConfigMap log config is mounted, not generated"
+    );
+}

@@ -523,57 +523,35 @@ pub fn log4j_yaml(log: Option<&RuntimeLogConfig>, sidecar: bool) -> String {
     )
 }
 
-/// The Python logging INI (`python_instance_logging.ini`).
-pub fn python_ini(name: &str, log: Option<&RuntimeLogConfig>, sidecar: bool) -> String {
+/// The Python logging INI (`python_instance_logging.ini`), in the shape the operator's
+/// v0.27 `TestRenderINI_*` tests pin: `logging.*` handler classes, one `formatter` section
+/// (JSON through python-json-logger), rotation handlers writing `logs/functions/<file>.log`.
+pub fn python_ini(file: &str, log: Option<&RuntimeLogConfig>, sidecar: bool) -> String {
     let level = python_level(log).unwrap_or("INFO");
-    let json = is_json(log);
-    let file = format!("logs/functions/{name}-${{SHARD_ID}}.log");
-    let handler = |kind: &str, args: String| {
-        format!(
-            "[handler_{kind}]\nargs={args}\nclass=handlers.{}\nlevel={level}\nformatter=formatter",
-            if kind == "timed_rotating_file_handler" {
-                "TimedRotatingFileHandler"
-            } else {
-                "RotatingFileHandler"
-            }
-        )
+    let path = format!("logs/functions/{file}.log");
+    let rolling = rotation(log, sidecar).map(|policy| {
+        let (name, class, args) = match policy {
+            RotatePolicy::TimedPolicyWithDaily => ("timed_rotating_file_handler", "TimedRotatingFileHandler", format!("'{path}', 'D', 1, 5")),
+            RotatePolicy::TimedPolicyWithWeekly => ("timed_rotating_file_handler", "TimedRotatingFileHandler", format!("'{path}', 'W0', 1, 5")),
+            RotatePolicy::TimedPolicyWithMonthly => ("timed_rotating_file_handler", "TimedRotatingFileHandler", format!("'{path}', 'D', 30, 5")),
+            RotatePolicy::SizedPolicyWith10Mb => ("rotating_file_handler", "RotatingFileHandler", format!("'{path}', 'a', 10485760, 5")),
+            RotatePolicy::SizedPolicyWith50Mb => ("rotating_file_handler", "RotatingFileHandler", format!("'{path}', 'a', 52428800, 5")),
+            RotatePolicy::SizedPolicyWith100Mb => ("rotating_file_handler", "RotatingFileHandler", format!("'{path}', 'a', 104857600, 5")),
+        };
+        (name, format!("\n[handler_{name}]\nclass=logging.handlers.{class}\nlevel={level}\nformatter=formatter\nargs=({args})\n"))
+    });
+    let handlers = match &rolling {
+        Some((name, _)) => format!("stream_handler,{name}"),
+        None => "stream_handler".to_owned(),
     };
-    let (handlers, policy) = match rotation(log, sidecar) {
-        None => ("stream_handler", None),
-        Some(RotatePolicy::TimedPolicyWithDaily) => (
-            "stream_handler,timed_rotating_file_handler",
-            // The operator's daily handler has a trailing space after the level.
-            Some(format!("[handler_timed_rotating_file_handler]\nargs=(\\\"{file}\\\", 'D', 1, 5,)\nclass=handlers.TimedRotatingFileHandler\nlevel={level} \nformatter=formatter")),
-        ),
-        Some(RotatePolicy::TimedPolicyWithWeekly) => (
-            "stream_handler,timed_rotating_file_handler",
-            Some(handler("timed_rotating_file_handler", format!("(\\\"{file}\\\", 'W0', 1, 5,)"))),
-        ),
-        Some(RotatePolicy::TimedPolicyWithMonthly) => (
-            "stream_handler,timed_rotating_file_handler",
-            Some(handler("timed_rotating_file_handler", format!("(\\\"{file}\\\", 'D', 30, 5,)"))),
-        ),
-        Some(RotatePolicy::SizedPolicyWith10Mb) => (
-            "stream_handler,rotating_file_handler",
-            Some(handler("rotating_file_handler", format!("(\\\"{file}\\\", 'a', 10485760, 5,)"))),
-        ),
-        Some(RotatePolicy::SizedPolicyWith50Mb) => (
-            "handler_stream_handler,rotating_file_handler",
-            Some(handler("rotating_file_handler", format!("({file}, 'a', 52428800, 5,)"))),
-        ),
-        Some(RotatePolicy::SizedPolicyWith100Mb) => (
-            "handler_stream_handler,rotating_file_handler",
-            Some(handler("rotating_file_handler", format!("({file}, 'a', 104857600, 5,)"))),
-        ),
-    };
-    let policy = policy.map(|p| format!("\n{p}")).unwrap_or_default();
-    let (formatters, formatter, formatter_section) = if json {
-        ("keys=json", "formatter=json", "[formatter_json]\nformat = %(message)s\nclass = pythonjsonlogger.jsonlogger.JsonFormatter")
+    let rolling_section = rolling.map(|(_, section)| section).unwrap_or_default();
+    let formatter = if is_json(log) {
+        "class=pythonjsonlogger.jsonlogger.JsonFormatter\nformat=%(message)s"
     } else {
-        ("keys=formatter", "formatter=formatter", "[formatter_formatter]\nformat=[%(asctime)s] [%(levelname)s] %(filename)s: %(message)s\ndatefmt=%Y-%m-%d %H:%M:%S %z")
+        "format=[%(asctime)s] [%(levelname)s] %(filename)s:%(lineno)d %(message)s\ndatefmt=%Y-%m-%d %H:%M:%S %z"
     };
     format!(
-        "[loggers]\nkeys=root\n\n[handlers]\nkeys={handlers}\n\n[formatters]\n\n{formatters}\n\n\n[logger_root]\nlevel={level}\nhandlers={handlers}{policy}\n\n[handler_stream_handler]\nclass=StreamHandler\nlevel={level}\n\n{formatter}\n\nargs=(sys.stdout,)\n\n\n{formatter_section}\n"
+        "[loggers]\nkeys=root\n\n[handlers]\nkeys={handlers}\n\n[formatters]\nkeys=formatter\n\n[logger_root]\nlevel={level}\nhandlers={handlers}\n\n[handler_stream_handler]\nclass=logging.StreamHandler\nlevel={level}\nformatter=formatter\nargs=(sys.stdout,)\n{rolling_section}\n[formatter_formatter]\n{formatter}\n"
     )
 }
 
@@ -611,7 +589,11 @@ fn python_log_config(r: &RunnerSpec) -> String {
     if log.is_some_and(|l| l.log_config.is_some()) {
         return command;
     }
-    let ini = python_ini(r.pulsar_name(), log, r.sidecar_logs());
+    let ini = python_ini(
+        &format!("{}-${{SHARD_ID}}", r.pulsar_name()),
+        log,
+        r.sidecar_logs(),
+    );
     command.push_str(&format!(
         "mkdir -p {PYTHON_LOG_DIR} logs/functions && echo \"{ini}\" > {PYTHON_LOG_FILE} && "
     ));
@@ -994,25 +976,65 @@ mod tests {
         );
     }
 
-    /// What the operator's Go template (`python-runtime-log-config.ini.tmpl`) produces.
+    /// The operator's v0.27 `TestRenderINI_*` assertions, plus the full default text.
     #[test]
-    fn python_logging_ini_matches_the_operator_template() {
-        assert_eq!(
-            python_ini("fn", None, false),
-            "[loggers]\nkeys=root\n\n[handlers]\nkeys=stream_handler\n\n[formatters]\n\nkeys=formatter\n\n\n[logger_root]\nlevel=INFO\nhandlers=stream_handler\n\n[handler_stream_handler]\nclass=StreamHandler\nlevel=INFO\n\nformatter=formatter\n\nargs=(sys.stdout,)\n\n\n[formatter_formatter]\nformat=[%(asctime)s] [%(levelname)s] %(filename)s: %(message)s\ndatefmt=%Y-%m-%d %H:%M:%S %z\n"
-        );
-        let json_daily = RuntimeLogConfig {
-            level: Some(LogLevel::Debug),
-            format: Some(LogFormat::Json),
-            rotate_policy: Some(RotatePolicy::TimedPolicyWithDaily),
+    fn python_logging_ini_satisfies_the_operators_tests() {
+        let text = |format, rotate_policy| RuntimeLogConfig {
+            level: Some(LogLevel::Info),
+            format: Some(format),
+            rotate_policy,
             ..Default::default()
         };
+        let plain = python_ini("demo", Some(&text(LogFormat::Text, None)), false);
         assert_eq!(
-            python_ini("fn", Some(&json_daily), false),
-            "[loggers]\nkeys=root\n\n[handlers]\nkeys=stream_handler,timed_rotating_file_handler\n\n[formatters]\n\nkeys=json\n\n\n[logger_root]\nlevel=DEBUG\nhandlers=stream_handler,timed_rotating_file_handler\n[handler_timed_rotating_file_handler]\nargs=(\\\"logs/functions/fn-${SHARD_ID}.log\\\", 'D', 1, 5,)\nclass=handlers.TimedRotatingFileHandler\nlevel=DEBUG \nformatter=formatter\n\n[handler_stream_handler]\nclass=StreamHandler\nlevel=DEBUG\n\nformatter=json\n\nargs=(sys.stdout,)\n\n\n[formatter_json]\nformat = %(message)s\nclass = pythonjsonlogger.jsonlogger.JsonFormatter\n"
+            plain,
+            "[loggers]\nkeys=root\n\n[handlers]\nkeys=stream_handler\n\n[formatters]\nkeys=formatter\n\n[logger_root]\nlevel=INFO\nhandlers=stream_handler\n\n[handler_stream_handler]\nclass=logging.StreamHandler\nlevel=INFO\nformatter=formatter\nargs=(sys.stdout,)\n\n[formatter_formatter]\nformat=[%(asctime)s] [%(levelname)s] %(filename)s:%(lineno)d %(message)s\ndatefmt=%Y-%m-%d %H:%M:%S %z\n"
         );
-        // The sidecar agent needs a rotated file even without a policy.
-        assert!(python_ini("fn", None, true).contains("keys=stream_handler,rotating_file_handler"));
+        assert!(
+            !plain.contains("[handler_rotating_file_handler]")
+                && !plain.contains("keys=handler_stream_handler")
+        );
+        let json = python_ini("demo", Some(&text(LogFormat::Json, None)), false);
+        assert!(json.contains("[formatter_formatter]\nclass=pythonjsonlogger.jsonlogger.JsonFormatter\nformat=%(message)s"));
+        for (policy, size) in [
+            (RotatePolicy::SizedPolicyWith10Mb, "10485760"),
+            (RotatePolicy::SizedPolicyWith50Mb, "52428800"),
+            (RotatePolicy::SizedPolicyWith100Mb, "104857600"),
+        ] {
+            let ini = python_ini("demo", Some(&text(LogFormat::Text, Some(policy))), false);
+            assert!(
+                ini.contains("[handlers]\nkeys=stream_handler,rotating_file_handler"),
+                "{ini}"
+            );
+            assert!(ini.contains(
+                "[handler_rotating_file_handler]\nclass=logging.handlers.RotatingFileHandler"
+            ));
+            assert!(
+                ini.contains(&format!("args=('logs/functions/demo.log', 'a', {size}, 5)")),
+                "{ini}"
+            );
+        }
+        for (policy, when, interval) in [
+            (RotatePolicy::TimedPolicyWithDaily, "D", "1"),
+            (RotatePolicy::TimedPolicyWithWeekly, "W0", "1"),
+            (RotatePolicy::TimedPolicyWithMonthly, "D", "30"),
+        ] {
+            let ini = python_ini("demo", Some(&text(LogFormat::Json, Some(policy))), false);
+            assert!(ini.contains("[handlers]\nkeys=stream_handler,timed_rotating_file_handler"));
+            assert!(ini.contains(
+                "class=logging.handlers.TimedRotatingFileHandler\nlevel=INFO\nformatter=formatter"
+            ));
+            assert!(
+                ini.contains(&format!(
+                    "args=('logs/functions/demo.log', '{when}', {interval}, 5)"
+                )),
+                "{ini}"
+            );
+            assert!(ini.contains("class=pythonjsonlogger.jsonlogger.JsonFormatter"));
+        }
+        let sidecar = python_ini("demo", Some(&text(LogFormat::Text, None)), true);
+        assert!(sidecar.contains("keys=stream_handler,rotating_file_handler"));
+        assert!(sidecar.contains("args=('logs/functions/demo.log', 'a', 10485760, 5)"));
     }
 
     /// What `java-runtime-log4j.xml.tmpl` produces for the default and a rolling config.

@@ -275,12 +275,7 @@ fn crypto_volumes(
     for secret in secrets {
         let volume = secret_volume(&secret.secret_name, &secret.secret_key);
         if let Some(path) = secret.as_volume.as_deref().filter(|p| !p.is_empty()) {
-            mounts.push(VolumeMount {
-                name: volume.name.clone(),
-                mount_path: path.to_owned(),
-                sub_path: Some(secret.secret_key.clone()),
-                ..Default::default()
-            });
+            mounts.push(mount(volume.name.clone(), path));
         }
         volumes.push(volume);
     }
