@@ -105,6 +105,25 @@ fn generic(auth: &Option<AuthConfig>) -> Option<&crate::model::GenericAuth> {
     auth.as_ref().and_then(|a| a.generic_auth.as_ref())
 }
 
+/// The client auth plugin and its parameters: OAuth2, generic, or the legacy Secret's env.
+fn auth_plugin(m: &PulsarMessaging, oauth2_mount: &str, prefix: &str) -> Option<(String, String)> {
+    if let Some(o) = oauth2(&m.auth_config) {
+        Some((OAUTH2_PLUGIN.into(), oauth2_params(o, oauth2_mount)))
+    } else if let Some(g) = generic(&m.auth_config) {
+        Some((
+            g.client_authentication_plugin.clone(),
+            shell_quote(&g.client_authentication_parameters),
+        ))
+    } else if m.auth_secret.is_some() {
+        Some((
+            format!("${prefix}clientAuthenticationPlugin"),
+            format!("${prefix}clientAuthenticationParameters"),
+        ))
+    } else {
+        None
+    }
+}
+
 fn pulsar_admin(c: &Connection<'_>, oauth2_mount: &str, tls_mount: &str) -> Vec<String> {
     let m = c.messaging;
     let mut args = vec![
@@ -112,26 +131,12 @@ fn pulsar_admin(c: &Connection<'_>, oauth2_mount: &str, tls_mount: &str) -> Vec<
         "--admin-url".into(),
         c.var("webServiceURL"),
     ];
-    if let Some(o) = oauth2(&m.auth_config) {
+    if let Some((plugin, params)) = auth_plugin(m, oauth2_mount, c.prefix) {
         args.extend([
             "--auth-plugin".into(),
-            OAUTH2_PLUGIN.into(),
+            plugin,
             "--auth-params".into(),
-            oauth2_params(o, oauth2_mount),
-        ]);
-    } else if let Some(g) = generic(&m.auth_config) {
-        args.extend([
-            "--auth-plugin".into(),
-            g.client_authentication_plugin.clone(),
-            "--auth-params".into(),
-            shell_quote(&g.client_authentication_parameters),
-        ]);
-    } else if m.auth_secret.is_some() {
-        args.extend([
-            "--auth-plugin".into(),
-            c.var("clientAuthenticationPlugin"),
-            "--auth-params".into(),
-            c.var("clientAuthenticationParameters"),
+            params,
         ]);
     }
     match c.tls() {
@@ -347,26 +352,12 @@ pub fn shared_args(r: &RunnerSpec, details: &str, function_id: &str) -> Vec<Stri
     ];
     let default_messaging = PulsarMessaging::default();
     let m = s.pulsar.as_ref().unwrap_or(&default_messaging);
-    if let Some(o) = oauth2(&m.auth_config) {
+    if let Some((plugin, params)) = auth_plugin(m, OAUTH2_MOUNT, "") {
         args.extend([
             "--client_auth_plugin".into(),
-            OAUTH2_PLUGIN.into(),
+            plugin,
             "--client_auth_params".into(),
-            oauth2_params(o, OAUTH2_MOUNT),
-        ]);
-    } else if let Some(g) = generic(&m.auth_config) {
-        args.extend([
-            "--client_auth_plugin".into(),
-            g.client_authentication_plugin.clone(),
-            "--client_auth_params".into(),
-            shell_quote(&g.client_authentication_parameters),
-        ]);
-    } else if m.auth_secret.is_some() {
-        args.extend([
-            "--client_auth_plugin".into(),
-            "$clientAuthenticationPlugin".into(),
-            "--client_auth_params".into(),
-            "$clientAuthenticationParameters".into(),
+            params,
         ]);
     }
     match &m.tls_config {

@@ -74,16 +74,21 @@ pub fn sanitize_volume_name(name: &str) -> String {
     truncated.trim_matches('-').to_owned()
 }
 
+/// A volume's single `key → path` item.
+fn item(key: &str, path: &str) -> Vec<KeyToPath> {
+    vec![KeyToPath {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        ..Default::default()
+    }]
+}
+
 fn secret_volume(secret: &str, key: &str) -> Volume {
     Volume {
         name: sanitize_volume_name(&format!("{secret}-{key}")),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.to_owned()),
-            items: Some(vec![KeyToPath {
-                key: key.to_owned(),
-                path: key.to_owned(),
-                ..Default::default()
-            }]),
+            items: Some(item(key, key)),
             ..Default::default()
         }),
         ..Default::default()
@@ -383,11 +388,7 @@ fn config_map_volume(name: &str, config_map: &str, key: &str, path: &str) -> Vol
         name: name.to_owned(),
         config_map: Some(ConfigMapVolumeSource {
             name: config_map.to_owned(),
-            items: Some(vec![KeyToPath {
-                key: key.to_owned(),
-                path: path.to_owned(),
-                ..Default::default()
-            }]),
+            items: Some(item(key, path)),
             ..Default::default()
         }),
         ..Default::default()
