@@ -3,31 +3,16 @@
 
 use std::path::{Path, PathBuf};
 
-use meshops::load::{LoadOptions, Tree};
+mod common;
+
+use common::{find, function_details, render_path, script};
 use meshops::model::settings::Mode;
 use meshops::model::RenderSettings;
-use meshops::render::{render, settings_of, spec_hash, to_yaml, Object, SPEC_HASH};
-use meshops::validate::{validate, Schemas, ValidateOptions};
+use meshops::render::{spec_hash, to_yaml, SPEC_HASH};
 use serde_json::{json, Value};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn render_path(path: &Path, settings: Option<RenderSettings>) -> Vec<Object> {
-    let tree = Tree::load(path, &LoadOptions::default());
-    let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
-    assert!(validation.is_valid(), "{:#?}", validation.diagnostics);
-    let settings = settings.unwrap_or_else(|| settings_of(&validation.checked));
-    render(&validation.checked, &settings, "test").unwrap()
-}
-
-fn find<'a>(objects: &'a [Object], kind: &str, name: &str) -> &'a Value {
-    &objects
-        .iter()
-        .find(|o| o.kind() == kind && o.name() == name)
-        .unwrap_or_else(|| panic!("no {kind}/{name}"))
-        .value
 }
 
 fn ten_labels() -> Value {
@@ -183,14 +168,7 @@ fn renders_the_operators_worked_example_field_for_field() {
     ] {
         assert!(script.contains(part), "missing {part:?} in\n{script}");
     }
-    let details_text = script
-        .split("--function_details '")
-        .nth(1)
-        .unwrap()
-        .split("' --pulsar_serviceurl")
-        .next()
-        .unwrap();
-    let details: Value = serde_json::from_str(details_text).unwrap();
+    let details = function_details(main);
     assert_eq!(
         details,
         json!({

@@ -1,9 +1,10 @@
 //! Rendering per field family: init-container downloads, BackendConfig, sidecar logs, batch
 //! sources, Go, VPA, PDB and AuthorizationPolicy.
 
-use meshops::load::{LoadOptions, Tree};
-use meshops::render::{render, settings_of, Object};
-use meshops::validate::{validate, Schemas, ValidateOptions};
+mod common;
+
+use common::{find, function_details, render_path, script};
+use meshops::render::Object;
 use serde_json::{json, Value};
 
 /// Renders a repository given as (file name, YAML) pairs.
@@ -12,18 +13,7 @@ fn render_files(files: &[(&str, &str)]) -> Vec<Object> {
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
-    let tree = Tree::load(dir.path(), &LoadOptions::default());
-    let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
-    assert!(validation.is_valid(), "{:#?}", validation.diagnostics);
-    render(&validation.checked, &settings_of(&validation.checked), "t").unwrap()
-}
-
-fn find<'a>(objects: &'a [Object], kind: &str, name: &str) -> &'a Value {
-    &objects
-        .iter()
-        .find(|o| o.kind() == kind && o.name() == name)
-        .unwrap_or_else(|| panic!("no {kind}/{name}"))
-        .value
+    render_path(dir.path(), None)
 }
 
 fn container<'a>(sts: &'a Value, name: &str) -> &'a Value {
@@ -33,10 +23,6 @@ fn container<'a>(sts: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|c| c["name"] == name)
         .unwrap()
-}
-
-fn script(c: &Value) -> &str {
-    c["command"][2].as_str().unwrap()
 }
 
 const FUNCTION: &str = "apiVersion: compute.functionmesh.io/v1alpha1
@@ -190,14 +176,7 @@ spec:
         find(&objects, "StatefulSet", "batch-source"),
         "pulsar-source",
     );
-    let details_text = script(main)
-        .split("--function_details '")
-        .nth(1)
-        .unwrap()
-        .split("' --pulsar_serviceurl")
-        .next()
-        .unwrap();
-    let details: Value = serde_json::from_str(details_text).unwrap();
+    let details = function_details(main);
     assert_eq!(
         details["className"],
         "org.apache.pulsar.functions.api.utils.IdentityFunction"
@@ -333,14 +312,7 @@ spec:
         find(&objects, "StatefulSet", "test-source-source"),
         "pulsar-source",
     );
-    let details_text = script(main)
-        .split("--function_details '")
-        .nth(1)
-        .unwrap()
-        .split("' --pulsar_serviceurl")
-        .next()
-        .unwrap();
-    let details: Value = serde_json::from_str(details_text).unwrap();
+    let details = function_details(main);
     assert_eq!(
         details["source"]["className"],
         "org.apache.pulsar.functions.source.batch.BatchSourceExecutor"
