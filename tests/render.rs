@@ -157,7 +157,7 @@ fn renders_the_operators_worked_example_field_for_field() {
     let command = main["command"].as_array().unwrap();
     assert_eq!(command[0], "bash");
     assert_eq!(command[1], "-c");
-    let script = command[2].as_str().unwrap();
+    let script = script(main);
     for part in [
         "SHARD_ID=${POD_NAME##*-} && echo shardId=${SHARD_ID} && mkdir -p /pulsar/conf/java-log/ && echo \"<Configuration>",
         "</Configuration>\" > /pulsar/conf/java-log/java_instance_log4j.xml && exec java -cp /pulsar/instances/java-instance.jar:$(echo /pulsar/lib/com.fasterxml.jackson.dataformat-jackson-dataformat-yaml-*.jar):$(echo /pulsar/lib/org.yaml-snakeyaml-*.jar):random-dir//* ",
