@@ -1,11 +1,13 @@
 //! meshops: a GitOps reconciler for Function Mesh.
 //!
 //! The modules follow the pipeline of `docs/` and DESIGN.md: [`load`] reads a tree into
-//! documents with source positions, [`model`] types them, [`validate`] checks them; the
-//! [`cli`] wires the stages to commands.
+//! documents with source positions, [`model`] types them, [`validate`] checks them,
+//! [`render`] turns them into Kubernetes objects and [`plan`] compares those with the cluster;
+//! the [`cli`] wires the stages to commands.
 
 pub mod cli;
 pub mod load;
 pub mod model;
+pub mod plan;
 pub mod render;
 pub mod validate;

@@ -1,0 +1,416 @@
+//! Desired objects + live objects + inventory → a Plan: per object create, update, recreate,
+//! delete or unchanged, each with its reason, and the diffs to show.
+//!
+//! Pure. "Changed" is decided cheaply, without asking the API server: the desired spec-hash
+//! against the live annotation, and the field set the `meshops` manager owns (from
+//! `metadata.managedFields`) against the fingerprint recorded at the last apply — a foreign
+//! edit or a removed label shrinks that set (fixtures 09 and 16). Only changed objects need a
+//! server-side dry-run; its result is what [`diff`] compares with the live object.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use similar::TextDiff;
+
+use crate::render::{sorted, Object, SPEC_HASH};
+
+/// The field manager meshops applies with.
+pub const FIELD_MANAGER: &str = "meshops";
+/// An object carrying this annotation is never pruned.
+pub const PRUNE_ANNOTATION: &str = "meshops.io/prune";
+
+/// Which object, independent of its content.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub struct ObjectRef {
+    pub api_version: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectRef {
+    pub fn of(value: &Value) -> ObjectRef {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        ObjectRef {
+            api_version: text(&value["apiVersion"]),
+            kind: text(&value["kind"]),
+            namespace: text(&value["metadata"]["namespace"]),
+            name: text(&value["metadata"]["name"]),
+        }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}/{} {}/{}",
+            self.api_version, self.kind, self.namespace, self.name
+        )
+    }
+}
+
+/// What was applied last time, as the inventory records it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct InventoryEntry {
+    pub object: ObjectRef,
+    /// [`fingerprint`] of the live object right after meshops applied it.
+    pub fingerprint: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Recreate,
+    Delete,
+    Unchanged,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Change {
+    pub object: ObjectRef,
+    pub action: Action,
+    pub reason: String,
+}
+
+/// The plan for one source, in apply order (deletes last, in reverse).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Plan {
+    pub changes: Vec<Change>,
+}
+
+impl Plan {
+    pub fn count(&self, action: Action) -> usize {
+        self.changes.iter().filter(|c| c.action == action).count()
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::Unchanged)
+    }
+
+    /// `Plan: 2 to create, 1 to change, 1 to recreate, 0 to delete.`
+    pub fn summary(&self) -> String {
+        if !self.has_changes() {
+            return "No changes. The cluster matches the repository.".into();
+        }
+        format!(
+            "Plan: {} to create, {} to change, {} to recreate, {} to delete.",
+            self.count(Action::Create),
+            self.count(Action::Update),
+            self.count(Action::Recreate),
+            self.count(Action::Delete)
+        )
+    }
+}
+
+/// sha256 of the field set the `meshops` manager owns through `Apply` on the object itself
+/// (not a subresource). Equal fingerprints mean nobody took or removed any of our fields.
+pub fn fingerprint(live: &Value) -> Option<String> {
+    let entry = live["metadata"]["managedFields"]
+        .as_array()?
+        .iter()
+        .find(|m| {
+            m["manager"] == FIELD_MANAGER
+                && m["operation"] == "Apply"
+                && m.get("subresource").is_none()
+        })?;
+    let canonical = serde_json::to_string(&sorted(entry["fieldsV1"].clone())).ok()?;
+    Some(format!("{:x}", Sha256::digest(canonical.as_bytes())))
+}
+
+/// Other managers that updated the object, for the reason of a drift.
+fn foreign_writers(live: &Value) -> Vec<String> {
+    let writers: BTreeSet<String> = live["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"] != FIELD_MANAGER && m.get("subresource").is_none())
+        .filter_map(|m| m["manager"].as_str().map(str::to_owned))
+        .collect();
+    writers.into_iter().collect()
+}
+
+/// StatefulSet fields the API server refuses to change (fixture 12): a change is a recreate.
+const IMMUTABLE: &[(&str, &str)] = &[
+    ("StatefulSet", "/spec/selector"),
+    ("StatefulSet", "/spec/serviceName"),
+    ("StatefulSet", "/spec/volumeClaimTemplates"),
+    ("StatefulSet", "/spec/podManagementPolicy"),
+];
+
+fn immutable_change(desired: &Value, live: &Value) -> Option<&'static str> {
+    let kind = desired["kind"].as_str()?;
+    IMMUTABLE.iter().find_map(|(k, pointer)| {
+        let changed = *k == kind
+            && desired.pointer(pointer).is_some()
+            && desired.pointer(pointer) != live.pointer(pointer);
+        changed.then_some(*pointer)
+    })
+}
+
+/// Decides every object's action from what is cheap to know.
+pub fn plan(
+    desired: &[Object],
+    live: &BTreeMap<ObjectRef, Value>,
+    inventory: &[InventoryEntry],
+) -> Plan {
+    let recorded: BTreeMap<&ObjectRef, Option<&String>> = inventory
+        .iter()
+        .map(|e| (&e.object, e.fingerprint.as_ref()))
+        .collect();
+    let mut changes = Vec::new();
+    let mut wanted = BTreeSet::new();
+    for object in desired {
+        let reference = ObjectRef::of(&object.value);
+        wanted.insert(reference.clone());
+        let Some(current) = live.get(&reference) else {
+            changes.push(Change {
+                object: reference,
+                action: Action::Create,
+                reason: "not in the cluster".into(),
+            });
+            continue;
+        };
+        let desired_hash = object.value["metadata"]["annotations"][SPEC_HASH].as_str();
+        let live_hash = current["metadata"]["annotations"][SPEC_HASH].as_str();
+        let (action, reason) = if desired_hash != live_hash {
+            match immutable_change(&object.value, current) {
+                Some(field) => (
+                    Action::Recreate,
+                    format!("{field} cannot be changed in place: delete and create"),
+                ),
+                None => (Action::Update, "the repository changed".to_owned()),
+            }
+        } else {
+            match recorded.get(&reference).copied().flatten() {
+                Some(expected) if fingerprint(current).as_ref() != Some(expected) => {
+                    let writers = foreign_writers(current);
+                    let by = if writers.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" by {}", writers.join(", "))
+                    };
+                    (Action::Update, format!("changed in the cluster{by}: fields meshops applied were modified or removed"))
+                }
+                _ => (Action::Unchanged, "in sync".to_owned()),
+            }
+        };
+        changes.push(Change {
+            object: reference,
+            action,
+            reason,
+        });
+    }
+    let mut deletes: Vec<Change> = inventory
+        .iter()
+        .filter(|e| !wanted.contains(&e.object))
+        .filter_map(|e| {
+            let current = live.get(&e.object)?;
+            let keep = current["metadata"]["annotations"][PRUNE_ANNOTATION] == "disabled";
+            Some(Change {
+                object: e.object.clone(),
+                action: if keep {
+                    Action::Unchanged
+                } else {
+                    Action::Delete
+                },
+                reason: if keep {
+                    format!("removed from the repository, kept: {PRUNE_ANNOTATION}: disabled")
+                } else {
+                    "removed from the repository".into()
+                },
+            })
+        })
+        .collect();
+    deletes.reverse();
+    changes.extend(deletes);
+    Plan { changes }
+}
+
+/// What the server fills in or owns, and meshops' own spec-hash bookkeeping: a diff shows
+/// neither.
+fn without_noise(value: &Value) -> Value {
+    let mut value = value.clone();
+    if let Some(map) = value.as_object_mut() {
+        map.remove("status");
+    }
+    if let Some(meta) = value.get_mut("metadata").and_then(Value::as_object_mut) {
+        for key in [
+            "managedFields",
+            "resourceVersion",
+            "generation",
+            "uid",
+            "creationTimestamp",
+            "selfLink",
+        ] {
+            meta.remove(key);
+        }
+        let empty = meta
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+            .is_some_and(|a| {
+                a.remove(SPEC_HASH);
+                a.is_empty()
+            });
+        if empty {
+            meta.remove("annotations");
+        }
+    }
+    sorted(value)
+}
+
+/// Replaces Secret values with a mask; a value that differs between the two sides is marked
+/// on the new side, so the diff still says which keys change, never what they hold.
+fn mask_secrets(before: &mut Value, after: &mut Value) {
+    if before["kind"] != "Secret" && after["kind"] != "Secret" {
+        return;
+    }
+    for field in ["data", "stringData"] {
+        let keys: BTreeSet<String> = [&*before, &*after]
+            .iter()
+            .filter_map(|v| v[field].as_object())
+            .flat_map(|m| m.keys().cloned())
+            .collect();
+        for key in keys {
+            let (b, a) = (before[field][&key].clone(), after[field][&key].clone());
+            let changed = b != a;
+            if !b.is_null() {
+                before[field][&key] = Value::String("******".into());
+            }
+            if !a.is_null() {
+                let mask = if changed {
+                    "****** (changed)"
+                } else {
+                    "******"
+                };
+                after[field][&key] = Value::String(mask.into());
+            }
+        }
+    }
+}
+
+/// A unified YAML diff from `live` to `target` (the dry-run result, or the desired object for
+/// a create), with server noise removed and Secret values masked. Empty when they agree.
+pub fn diff(live: Option<&Value>, target: Option<&Value>) -> String {
+    let mut before = live.map(without_noise).unwrap_or(Value::Null);
+    let mut after = target.map(without_noise).unwrap_or(Value::Null);
+    mask_secrets(&mut before, &mut after);
+    let yaml = |v: &Value| {
+        if v.is_null() {
+            String::new()
+        } else {
+            serde_yaml::to_string(v).unwrap_or_default()
+        }
+    };
+    let (before, after) = (yaml(&before), yaml(&after));
+    if before == after {
+        return String::new();
+    }
+    TextDiff::from_lines(&before, &after)
+        .unified_diff()
+        .context_radius(3)
+        .header("live", "desired")
+        .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn object(value: Value) -> Object {
+        Object { phase: 3, value }
+    }
+
+    fn sts(hash: &str, selector: &str) -> Value {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": "fn-function", "namespace": "ns", "annotations": {SPEC_HASH: hash}},
+            "spec": {"selector": {"matchLabels": {"app": selector}}, "serviceName": "fn-function-headless"},
+        })
+    }
+
+    #[test]
+    fn decides_each_action_with_its_reason() {
+        let desired = vec![object(sts("a", "x"))];
+        let empty = BTreeMap::new();
+        let plan_create = plan(&desired, &empty, &[]);
+        assert_eq!(plan_create.changes[0].action, Action::Create);
+        assert_eq!(
+            plan_create.summary(),
+            "Plan: 1 to create, 0 to change, 0 to recreate, 0 to delete."
+        );
+
+        let reference = ObjectRef::of(&desired[0].value);
+        let same = BTreeMap::from([(reference.clone(), sts("a", "x"))]);
+        let unchanged = plan(&desired, &same, &[]);
+        assert_eq!(unchanged.changes[0].action, Action::Unchanged);
+        assert!(!unchanged.has_changes());
+        assert_eq!(
+            unchanged.summary(),
+            "No changes. The cluster matches the repository."
+        );
+
+        let old = BTreeMap::from([(reference.clone(), sts("b", "x"))]);
+        assert_eq!(plan(&desired, &old, &[]).changes[0].action, Action::Update);
+
+        let other_selector = BTreeMap::from([(reference.clone(), sts("b", "y"))]);
+        let recreate = plan(&desired, &other_selector, &[]);
+        assert_eq!(recreate.changes[0].action, Action::Recreate);
+        assert!(recreate.changes[0].reason.contains("/spec/selector"));
+    }
+
+    #[test]
+    fn prunes_only_what_the_inventory_lists_and_respects_the_opt_out() {
+        let gone = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "old", "namespace": "ns"}});
+        let kept = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep", "namespace": "ns", "annotations": {PRUNE_ANNOTATION: "disabled"}}});
+        let stranger = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "labelled-by-someone", "namespace": "ns"}});
+        let live: BTreeMap<_, _> = [&gone, &kept, &stranger]
+            .into_iter()
+            .map(|v| (ObjectRef::of(v), v.clone()))
+            .collect();
+        let inventory = vec![
+            InventoryEntry {
+                object: ObjectRef::of(&gone),
+                fingerprint: None,
+            },
+            InventoryEntry {
+                object: ObjectRef::of(&kept),
+                fingerprint: None,
+            },
+        ];
+        let result = plan(&[], &live, &inventory);
+        let actions: Vec<_> = result
+            .changes
+            .iter()
+            .map(|c| (c.object.name.as_str(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [("keep", Action::Unchanged), ("old", Action::Delete)]
+        );
+        assert_eq!(result.count(Action::Delete), 1);
+    }
+
+    #[test]
+    fn diff_masks_secret_values_but_names_changed_keys() {
+        let live = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "resourceVersion": "7"}, "data": {"a": "b2xk", "same": "eA=="}});
+        let desired = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "data": {"a": "bmV3", "same": "eA=="}});
+        let text = diff(Some(&live), Some(&desired));
+        assert!(
+            !text.contains("b2xk") && !text.contains("bmV3") && !text.contains("eA=="),
+            "{text}"
+        );
+        assert!(
+            text.contains("a: '****** (changed)'") || text.contains("a: ****** (changed)"),
+            "{text}"
+        );
+        assert!(!text.contains("resourceVersion"));
+        assert_eq!(diff(Some(&desired), Some(&desired)), "");
+    }
+}
