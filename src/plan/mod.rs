@@ -414,3 +414,108 @@ mod tests {
         assert_eq!(diff(Some(&desired), Some(&desired)), "");
     }
 }
+
+/// The plan for people: one line per change with its reason, the diffs, the summary.
+pub fn text(plan: &Plan, diffs: &BTreeMap<ObjectRef, String>) -> String {
+    let mut out = String::new();
+    for change in plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+    {
+        let sign = match change.action {
+            Action::Create => "+",
+            Action::Update => "~",
+            Action::Recreate => "-/+",
+            Action::Delete => "-",
+            Action::Unchanged => " ",
+        };
+        out.push_str(&format!("{sign} {} ({})\n", change.object, change.reason));
+        if let Some(diff) = diffs.get(&change.object).filter(|d| !d.is_empty()) {
+            out.push_str(diff);
+            if !diff.ends_with('\n') {
+                out.push('\n');
+            }
+        }
+    }
+    out.push_str(&plan.summary());
+    out.push('\n');
+    out
+}
+
+/// The plan as a pull-request comment: the summary, then one collapsible block per changed
+/// object with its diff.
+pub fn markdown(plan: &Plan, diffs: &BTreeMap<ObjectRef, String>) -> String {
+    let mut out = format!("**{}**\n", plan.summary());
+    for change in plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+    {
+        let verb = match change.action {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Recreate => "recreate",
+            Action::Delete => "delete",
+            Action::Unchanged => "keep",
+        };
+        let o = &change.object;
+        out.push_str(&format!(
+            "\n<details><summary>{verb} <code>{}/{}</code> in <code>{}</code> — {}</summary>\n\n",
+            o.kind, o.name, o.namespace, change.reason
+        ));
+        if let Some(diff) = diffs.get(o).filter(|d| !d.is_empty()) {
+            // A diff line could close the fence; four backticks cannot occur in YAML output.
+            out.push_str(&format!("````diff\n{}````\n", diff));
+        }
+        out.push_str("\n</details>\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod output_tests {
+    use super::*;
+
+    #[test]
+    fn markdown_has_the_summary_and_a_details_block_per_change() {
+        let object = ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            namespace: "ns".into(),
+            name: "fn-function".into(),
+        };
+        let plan = Plan {
+            changes: vec![
+                Change {
+                    object: object.clone(),
+                    action: Action::Update,
+                    reason: "the repository changed".into(),
+                },
+                Change {
+                    object: ObjectRef {
+                        name: "same".into(),
+                        ..object.clone()
+                    },
+                    action: Action::Unchanged,
+                    reason: "in sync".into(),
+                },
+            ],
+        };
+        let diffs = BTreeMap::from([(object, "--- live\n+++ desired\n-a\n+b\n".to_owned())]);
+        let md = markdown(&plan, &diffs);
+        assert!(md.starts_with("**Plan: 0 to create, 1 to change, 0 to recreate, 0 to delete.**\n"));
+        assert_eq!(
+            md.matches("<details>").count(),
+            1,
+            "unchanged objects get no block"
+        );
+        assert!(md.contains("update <code>StatefulSet/fn-function</code> in <code>ns</code>"));
+        assert!(md.contains("````diff\n--- live\n+++ desired\n-a\n+b\n````"));
+        let text = text(&plan, &diffs);
+        assert!(text.starts_with(
+            "~ apps/v1/StatefulSet ns/fn-function (the repository changed)\n--- live"
+        ));
+        assert!(text.ends_with("Plan: 0 to create, 1 to change, 0 to recreate, 0 to delete.\n"));
+    }
+}
