@@ -6,6 +6,7 @@
 //! the [`cli`] wires the stages to commands.
 
 pub mod cli;
+pub mod cluster;
 pub mod load;
 pub mod model;
 pub mod plan;

@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, wiring only.
 
+mod plan;
 mod render;
 mod schema;
 mod validate;
@@ -32,6 +33,12 @@ pub enum Command {
     /// Render manifests into the Kubernetes objects to apply (like `helm template`).
     #[command(after_help = render::AFTER_HELP)]
     Render(render::Args),
+    /// Show what apply would change in the cluster, with diffs.
+    #[command(after_help = plan::PLAN_AFTER_HELP)]
+    Plan(plan::PlanArgs),
+    /// Apply the repository to the cluster (server-side apply), optionally pruning.
+    #[command(after_help = plan::APPLY_AFTER_HELP)]
+    Apply(plan::ApplyArgs),
     /// Print the JSON Schema of a kind (for editors and CI tools).
     #[command(after_help = schema::AFTER_HELP)]
     Schema(schema::Args),
@@ -86,6 +93,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     pub const INVALID: u8 = 1;
     pub const USAGE_OR_IO: u8 = 2;
+    /// `plan --detailed-exitcode` with changes (as terraform).
+    pub const CHANGES: u8 = 2;
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -93,6 +102,8 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Validate(args) => validate::run(args),
         Command::Schema(args) => schema::run(args),
         Command::Render(args) => render::run(args),
+        Command::Plan(args) => plan::run_plan(args),
+        Command::Apply(args) => plan::run_apply(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -7,7 +7,7 @@ use anyhow::Context;
 use super::validate::use_color;
 use super::{exit, LoadArgs};
 use crate::model::settings::Mode;
-use crate::render::{render, settings_of, to_yaml};
+use crate::render::{render, settings_of, to_yaml, Object};
 use crate::validate::{report, validate, Schemas, ValidateOptions};
 
 pub const AFTER_HELP: &str = "\
@@ -57,32 +57,39 @@ pub struct Args {
     pub source: Option<String>,
 }
 
-pub fn run(args: Args) -> anyhow::Result<u8> {
-    let tree = args.load.load();
+/// Loads, validates and renders: the desired state of a source. `None` when the manifests
+/// are invalid (the diagnostics are on stderr).
+pub fn desired(
+    load: &LoadArgs,
+    mode: Option<ModeArg>,
+    source: &str,
+) -> anyhow::Result<Option<Vec<Object>>> {
+    let tree = load.load();
     let schemas = Schemas::new().context("loading the embedded schemas")?;
     let validation = validate(&tree, &schemas, ValidateOptions::default());
     if !validation.is_valid() {
-        eprint!(
-            "{}",
-            report::text(
-                &validation,
-                use_color() && std::io::IsTerminal::is_terminal(&std::io::stderr())
-            )
-        );
-        return Ok(exit::INVALID);
+        let color = use_color() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        eprint!("{}", report::text(&validation, color));
+        return Ok(None);
     }
     let mut settings = settings_of(&validation.checked);
-    if let Some(mode) = args.mode {
+    if let Some(mode) = mode {
         settings.mode = Some(match mode {
             ModeArg::Native => Mode::Native,
             ModeArg::Operator => Mode::Operator,
         });
     }
+    Ok(Some(render(&validation.checked, &settings, source)?))
+}
+
+pub fn run(args: Args) -> anyhow::Result<u8> {
     let source = args
         .source
         .clone()
         .unwrap_or_else(|| source_name(&args.load));
-    let mut objects = render(&validation.checked, &settings, &source)?;
+    let Some(mut objects) = desired(&args.load, args.mode, &source)? else {
+        return Ok(exit::INVALID);
+    };
     if !args.only.is_empty() {
         objects.retain(|o| {
             args.only
@@ -105,7 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
 }
 
 /// The directory name of the (first) path, as a label value.
-fn source_name(load: &LoadArgs) -> String {
+pub fn source_name(load: &LoadArgs) -> String {
     let path = load.paths.first().cloned().unwrap_or_else(|| ".".into());
     let absolute = std::fs::canonicalize(&path).unwrap_or(path);
     let name = absolute

@@ -1,0 +1,238 @@
+//! `meshops plan` and `meshops apply`: the same plan, two executors.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use super::render::{desired, source_name, ModeArg};
+use super::{exit, LoadArgs};
+use crate::cluster::sync::{self, SyncOptions};
+use crate::cluster::Cluster;
+use crate::plan::{self, Plan};
+use crate::render::{Object, SPEC_HASH};
+
+pub const PLAN_AFTER_HELP: &str = "\
+Reads the cluster with one LIST per kind and namespace, decides what changed from the spec-hash
+annotation and the fields meshops owns (managedFields), and asks the API server for a dry-run
+of the changed objects only. Secret values are masked in every diff.
+
+Exit status: 0 no changes (or changes without --detailed-exitcode), 1 error or invalid
+manifests, 2 changes with --detailed-exitcode (as terraform).
+
+Examples:
+  meshops plan examples/prod --context prod
+  meshops plan -o markdown --detailed-exitcode . > plan.md";
+
+pub const APPLY_AFTER_HELP: &str = "\
+Applies with server-side apply (field manager `meshops`, force) in order: ServiceAccounts,
+ConfigMaps and Secrets, CRs, Services, StatefulSets, then HPA/VPA/PDB/AuthorizationPolicy.
+Workloads are owned by their CR. A change to an immutable field is a delete + create. With
+--prune, objects in the inventory that the repository no longer renders are deleted (never
+those annotated meshops.io/prune: disabled).
+
+Examples:
+  meshops apply examples/prod --context prod --prune
+  meshops apply . --dry-run";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PlanOutput {
+    Text,
+    Json,
+    Markdown,
+}
+
+/// Options shared by plan and apply.
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub load: LoadArgs,
+
+    /// Kubeconfig context (default: the current one, or the in-cluster service account).
+    #[arg(long)]
+    pub context: Option<String>,
+
+    /// Kubeconfig file (default: $KUBECONFIG or ~/.kube/config).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Source name: the unit of inventory and pruning (default: the directory's name).
+    #[arg(long)]
+    pub source: Option<String>,
+
+    /// Namespace of the inventory ConfigMap `meshops-inventory-<source>`.
+    #[arg(long, default_value = "default")]
+    pub inventory_namespace: String,
+
+    /// Render native workloads or only the CRs; overrides meshops.yaml.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// Output format (markdown is what a pull-request comment shows).
+    #[arg(short, long, value_enum, default_value_t = PlanOutput::Text)]
+    pub output: PlanOutput,
+
+    /// Exit 2 when there are changes.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    /// Delete what the inventory lists and the repository no longer renders.
+    #[arg(long)]
+    pub prune: bool,
+
+    /// Prune even when the repository renders nothing.
+    #[arg(long)]
+    pub allow_empty: bool,
+
+    /// Show the plan and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Revision recorded in the inventory (default: a hash of the rendered objects).
+    #[arg(long)]
+    pub revision: Option<String>,
+}
+
+struct Prepared {
+    cluster: Cluster,
+    desired: Vec<Object>,
+    live: sync::Live,
+    plan: Plan,
+    options: SyncOptions,
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("starting the async runtime")
+}
+
+/// A content hash of the desired state, the revision when no commit is given.
+fn content_revision(desired: &[Object]) -> String {
+    let mut hasher = Sha256::new();
+    for object in desired {
+        hasher.update(
+            object.value["metadata"]["annotations"][SPEC_HASH]
+                .as_str()
+                .unwrap_or_default(),
+        );
+    }
+    format!("sha256:{:x}", hasher.finalize())
+}
+
+async fn prepare(
+    args: &ClusterArgs,
+    prune: bool,
+    allow_empty: bool,
+    revision: Option<String>,
+) -> anyhow::Result<Option<Prepared>> {
+    let source = args
+        .source
+        .clone()
+        .unwrap_or_else(|| source_name(&args.load));
+    let Some(desired) = desired(&args.load, args.mode, &source)? else {
+        return Ok(None);
+    };
+    let cluster = Cluster::connect(args.kubeconfig.as_deref(), args.context.as_deref()).await?;
+    let options = SyncOptions {
+        source,
+        inventory_namespace: args.inventory_namespace.clone(),
+        prune,
+        allow_empty,
+        revision: revision.unwrap_or_else(|| content_revision(&desired)),
+    };
+    let live = sync::fetch(&cluster, &desired, &options).await?;
+    let plan = plan::plan(&desired, &live.objects, &live.inventory);
+    Ok(Some(Prepared {
+        cluster,
+        desired,
+        live,
+        plan,
+        options,
+    }))
+}
+
+fn cost(cluster: &Cluster) -> String {
+    let counts = cluster.requests().snapshot();
+    let by_verb: Vec<String> = counts
+        .iter()
+        .map(|(verb, n)| format!("{verb} {n}"))
+        .collect();
+    format!(
+        "cost: {} requests ({}), {} writes",
+        cluster.requests().total(),
+        by_verb.join(", "),
+        cluster.requests().writes()
+    )
+}
+
+pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
+    runtime()?.block_on(async {
+        let Some(p) = prepare(&args.cluster, true, false, None).await? else {
+            return Ok(exit::INVALID);
+        };
+        let diffs = sync::diffs(&p.cluster, &p.plan, &p.desired, &p.live).await?;
+        let text = match args.output {
+            PlanOutput::Text => plan::text(&p.plan, &diffs),
+            PlanOutput::Markdown => plan::markdown(&p.plan, &diffs),
+            PlanOutput::Json => serde_json::to_string_pretty(&serde_json::json!({"plan": p.plan, "diffs": diffs.iter().map(|(k, v)| (k.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(), "summary": p.plan.summary()}))? + "\n",
+        };
+        std::io::stdout().lock().write_all(text.as_bytes())?;
+        eprintln!("{}", cost(&p.cluster));
+        Ok(if args.detailed_exitcode && p.plan.has_changes() { exit::CHANGES } else { exit::OK })
+    })
+}
+
+pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
+    runtime()?.block_on(async {
+        let Some(p) = prepare(
+            &args.cluster,
+            args.prune,
+            args.allow_empty,
+            args.revision.clone(),
+        )
+        .await?
+        else {
+            return Ok(exit::INVALID);
+        };
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(plan::text(&p.plan, &Default::default()).as_bytes())?;
+        if args.dry_run
+            || !p.plan.has_changes()
+                && p.options.revision == p.live.revision.clone().unwrap_or_default()
+        {
+            eprintln!("{}", cost(&p.cluster));
+            return Ok(exit::OK);
+        }
+        let report = sync::execute(&p.cluster, &p.plan, &p.desired, &p.live, &p.options).await?;
+        writeln!(
+            stdout,
+            "Applied {} objects, deleted {}.",
+            report.applied.len(),
+            report.deleted.len()
+        )?;
+        for (object, error) in &report.failed_deletes {
+            writeln!(
+                stdout,
+                "could not delete {object}: {error} (kept in the inventory)"
+            )?;
+        }
+        eprintln!("{}", cost(&p.cluster));
+        Ok(if report.failed_deletes.is_empty() {
+            exit::OK
+        } else {
+            exit::INVALID
+        })
+    })
+}

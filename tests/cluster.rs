@@ -1,0 +1,301 @@
+//! The cluster engine against the API double (tests/support): fresh apply, a no-op re-apply
+//! with zero writes, drift from a foreign edit restored, HPA-owned replicas left alone,
+//! pruning exactly what was removed, immutable changes recreated, clear errors for a missing
+//! CRD or namespace. The request counter gives the cost of each step.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+
+use meshops::cluster::sync::{self, Live, SyncError, SyncOptions};
+use meshops::cluster::{Cluster, ClusterError};
+use meshops::load::{LoadOptions, Tree};
+use meshops::plan::{self, Action, Plan};
+use meshops::render::{render, settings_of, Object};
+use meshops::validate::{validate, Schemas, ValidateOptions};
+use serde_json::json;
+use support::FakeApiServer;
+
+fn desired(path: &Path) -> Vec<Object> {
+    let tree = Tree::load(path, &LoadOptions::default());
+    let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
+    assert!(validation.is_valid());
+    render(
+        &validation.checked,
+        &settings_of(&validation.checked),
+        "staging",
+    )
+    .unwrap()
+}
+
+fn staging() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/staging")
+}
+
+fn options() -> SyncOptions {
+    SyncOptions {
+        source: "staging".into(),
+        inventory_namespace: "default".into(),
+        prune: true,
+        allow_empty: false,
+        revision: "test".into(),
+    }
+}
+
+async fn plan_against(cluster: &Cluster, desired: &[Object]) -> (Live, Plan) {
+    let live = sync::fetch(cluster, desired, &options()).await.unwrap();
+    let plan = plan::plan(desired, &live.objects, &live.inventory);
+    (live, plan)
+}
+
+async fn apply(cluster: &Cluster, desired: &[Object]) -> (Plan, sync::Report) {
+    let (live, plan) = plan_against(cluster, desired).await;
+    let report = sync::execute(cluster, &plan, desired, &live, &options())
+        .await
+        .unwrap();
+    (plan, report)
+}
+
+fn fresh() -> (FakeApiServer, Cluster) {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let cluster = Cluster::with_service(server.service());
+    (server, cluster)
+}
+
+#[tokio::test]
+async fn fresh_apply_creates_everything_with_owner_references() {
+    let (server, cluster) = fresh();
+    let objects = desired(&staging());
+    let (plan, report) = apply(&cluster, &objects).await;
+    assert_eq!(plan.count(Action::Create), objects.len());
+    assert_eq!(report.applied.len(), objects.len());
+    let sts = server.find("StatefulSet", "alerts-function").unwrap();
+    let function = server.find("Function", "alerts").unwrap();
+    assert_eq!(
+        sts["metadata"]["ownerReferences"][0]["uid"],
+        function["metadata"]["uid"]
+    );
+    assert_eq!(sts["metadata"]["ownerReferences"][0]["controller"], true);
+    assert_eq!(
+        sts["spec"]["replicas"],
+        serde_json::Value::Null,
+        "the HPA owns replicas"
+    );
+    assert!(server
+        .find("ConfigMap", "meshops-inventory-staging")
+        .is_some());
+    let requests = cluster.requests().snapshot();
+    assert_eq!(
+        requests.get("PATCH"),
+        Some(&(objects.len() as u64 + 1)),
+        "one apply per object plus the inventory: {requests:?}"
+    );
+    eprintln!(
+        "cost of a first apply of examples/staging ({} objects): {requests:?}",
+        objects.len()
+    );
+}
+
+#[tokio::test]
+async fn a_reapply_without_changes_costs_lists_only_and_writes_nothing() {
+    let (_server, first) = fresh();
+    let objects = desired(&staging());
+    apply(&first, &objects).await;
+    let cluster = Cluster::with_service(_server.service());
+    let (live, plan) = plan_against(&cluster, &objects).await;
+    assert!(
+        !plan.has_changes(),
+        "{:?}",
+        plan.changes
+            .iter()
+            .filter(|c| c.action != Action::Unchanged)
+            .collect::<Vec<_>>()
+    );
+    let diffs = sync::diffs(&cluster, &plan, &objects, &live).await.unwrap();
+    assert!(diffs.is_empty());
+    assert_eq!(cluster.requests().writes(), 0);
+    let requests = cluster.requests().snapshot();
+    assert_eq!(
+        requests.get("PATCH dry-run"),
+        None,
+        "no dry-run for unchanged objects"
+    );
+    let kinds_and_namespaces: std::collections::BTreeSet<_> = objects
+        .iter()
+        .map(|o| (o.kind().to_owned(), o.namespace().to_owned()))
+        .collect();
+    assert_eq!(
+        requests.get("LIST").copied(),
+        Some(kinds_and_namespaces.len() as u64),
+        "one LIST per kind and namespace"
+    );
+    eprintln!("cost of a no-change plan of examples/staging: {requests:?}");
+}
+
+#[tokio::test]
+async fn a_foreign_edit_is_drift_and_apply_restores_it() {
+    let (server, cluster) = fresh();
+    let objects = desired(&staging());
+    apply(&cluster, &objects).await;
+    server.edit(
+        "StatefulSet",
+        "alerts-function",
+        "/spec/template/spec/containers/0/image",
+        json!("evil:latest"),
+        "f:spec",
+    );
+    let (live, plan) = plan_against(&cluster, &objects).await;
+    let drift: Vec<_> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .collect();
+    assert_eq!(drift.len(), 1, "{drift:?}");
+    assert_eq!(drift[0].object.name, "alerts-function");
+    assert!(drift[0].reason.contains("kubectl-edit"));
+    let diffs = sync::diffs(&cluster, &plan, &objects, &live).await.unwrap();
+    let diff = &diffs[&drift[0].object];
+    assert!(diff.contains("-        image: evil:latest"), "{diff}");
+    sync::execute(&cluster, &plan, &objects, &live, &options())
+        .await
+        .unwrap();
+    let restored = server.find("StatefulSet", "alerts-function").unwrap();
+    assert_eq!(
+        restored["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/iot/alerts:2.0.1"
+    );
+}
+
+#[tokio::test]
+async fn removing_a_function_prunes_exactly_its_objects() {
+    let (server, cluster) = fresh();
+    apply(&cluster, &desired(&staging())).await;
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(staging()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.file_name().unwrap() != "notifier.yaml" {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let without = desired(dir.path());
+    let (plan, report) = apply(&cluster, &without).await;
+    let mut deleted: Vec<String> = report
+        .deleted
+        .iter()
+        .map(|o| format!("{}/{}", o.kind, o.name))
+        .collect();
+    deleted.sort();
+    assert_eq!(
+        deleted,
+        [
+            "Function/notifier",
+            "Service/notifier-function-headless",
+            "StatefulSet/notifier-function"
+        ]
+    );
+    assert_eq!(plan.count(Action::Delete), 3);
+    assert!(server.find("StatefulSet", "notifier-function").is_none());
+    assert!(server.find("StatefulSet", "alerts-function").is_some());
+    let inventory = server
+        .find("ConfigMap", "meshops-inventory-staging")
+        .unwrap();
+    assert!(!inventory["data"]["objects"]
+        .as_str()
+        .unwrap()
+        .contains("notifier"));
+}
+
+#[tokio::test]
+async fn a_refused_delete_stays_in_the_inventory() {
+    let (server, cluster) = fresh();
+    apply(&cluster, &desired(&staging())).await;
+    server
+        .0
+        .lock()
+        .unwrap()
+        .refuse_delete
+        .insert("notifier".into());
+    let remaining: Vec<Object> = desired(&staging())
+        .into_iter()
+        .filter(|o| o.name() != "notifier")
+        .collect();
+    let (_, report) = apply(&cluster, &remaining).await;
+    assert_eq!(report.failed_deletes.len(), 1);
+    assert!(report.failed_deletes[0].1.contains("deletion refused"));
+    let inventory = server
+        .find("ConfigMap", "meshops-inventory-staging")
+        .unwrap();
+    assert!(inventory["data"]["objects"]
+        .as_str()
+        .unwrap()
+        .contains("\"name\":\"notifier\""));
+}
+
+#[tokio::test]
+async fn an_immutable_change_recreates_the_statefulset() {
+    let (server, cluster) = fresh();
+    let mut objects = desired(&staging());
+    apply(&cluster, &objects).await;
+    let before = server.find("StatefulSet", "alerts-function").unwrap()["metadata"]["uid"].clone();
+    let sts = objects
+        .iter_mut()
+        .find(|o| o.kind() == "StatefulSet" && o.name() == "alerts-function")
+        .unwrap();
+    sts.value["spec"]["serviceName"] = json!("alerts-function-other");
+    sts.value["metadata"]["annotations"]["meshops.io/spec-hash"] = json!("changed");
+    let (plan, _) = apply(&cluster, &objects).await;
+    let change = plan
+        .changes
+        .iter()
+        .find(|c| c.object.name == "alerts-function" && c.object.kind == "StatefulSet")
+        .unwrap();
+    assert_eq!(change.action, Action::Recreate);
+    assert!(change.reason.contains("/spec/serviceName"));
+    let after = server.find("StatefulSet", "alerts-function").unwrap();
+    assert_ne!(after["metadata"]["uid"], before, "deleted and created anew");
+    assert_eq!(after["spec"]["serviceName"], "alerts-function-other");
+}
+
+#[tokio::test]
+async fn a_missing_crd_and_a_missing_namespace_are_named() {
+    let server = FakeApiServer::new(&["default", "staging"], false);
+    let cluster = Cluster::with_service(server.service());
+    let error = sync::fetch(&cluster, &desired(&staging()), &options())
+        .await
+        .unwrap_err();
+    match &error {
+        SyncError::Cluster(ClusterError::CrdMissing { kind, api_version }) => {
+            assert_eq!(api_version, "compute.functionmesh.io/v1alpha1");
+            assert!(["Function", "BackendConfig", "Source", "Sink"].contains(&kind.as_str()));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(error
+        .to_string()
+        .contains("CustomResourceDefinition is not installed"));
+
+    let server = FakeApiServer::new(&["default"], true);
+    let cluster = Cluster::with_service(server.service());
+    let objects = desired(&staging());
+    let (live, plan) = plan_against(&cluster, &objects).await;
+    let error = sync::execute(&cluster, &plan, &objects, &live, &options())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("namespace \"staging\" does not exist"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
+async fn refuses_to_prune_everything_when_the_repository_is_empty() {
+    let (_server, cluster) = fresh();
+    apply(&cluster, &desired(&staging())).await;
+    let (live, plan) = plan_against(&cluster, &[]).await;
+    let error = sync::execute(&cluster, &plan, &[], &live, &options())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, SyncError::EmptyDesired { .. }), "{error}");
+}

@@ -1,0 +1,359 @@
+//! An in-process kube-apiserver double that answers the way the recorded exchanges in
+//! tests/data/kube-apiserver do: discovery lists, LIST by label selector, server-side apply
+//! (201 on create, 200 on update, nothing persisted on dry-run, a `meshops` managedFields
+//! entry), 404 `namespaces "x" not found` as a Status, the plain-text `404 page not found` of a
+//! CRD that is not installed, 422 on an immutable StatefulSet change, DELETE.
+#![allow(dead_code)]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, StatusCode};
+use kube::client::Body;
+use serde_json::{json, Value};
+
+/// (group/version, plural, kind) the double serves, with the CRDs optional.
+const BUILTIN: &[(&str, &str, &str)] = &[
+    ("v1", "configmaps", "ConfigMap"),
+    ("v1", "secrets", "Secret"),
+    ("v1", "serviceaccounts", "ServiceAccount"),
+    ("v1", "services", "Service"),
+    ("apps/v1", "statefulsets", "StatefulSet"),
+    (
+        "autoscaling/v2",
+        "horizontalpodautoscalers",
+        "HorizontalPodAutoscaler",
+    ),
+    ("policy/v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+];
+const FUNCTION_MESH: &[(&str, &str, &str)] = &[
+    ("compute.functionmesh.io/v1alpha1", "functions", "Function"),
+    ("compute.functionmesh.io/v1alpha1", "sources", "Source"),
+    ("compute.functionmesh.io/v1alpha1", "sinks", "Sink"),
+    (
+        "compute.functionmesh.io/v1alpha1",
+        "functionmeshes",
+        "FunctionMesh",
+    ),
+    (
+        "compute.functionmesh.io/v1alpha1",
+        "backendconfigs",
+        "BackendConfig",
+    ),
+    (
+        "autoscaling.k8s.io/v1",
+        "verticalpodautoscalers",
+        "VerticalPodAutoscaler",
+    ),
+    (
+        "security.istio.io/v1",
+        "authorizationpolicies",
+        "AuthorizationPolicy",
+    ),
+];
+
+#[derive(Default)]
+pub struct State {
+    pub namespaces: BTreeSet<String>,
+    pub crds_installed: bool,
+    /// (group/version, plural, namespace, name) → object
+    pub objects: BTreeMap<(String, String, String, String), Value>,
+    next_version: u64,
+    /// Refused deletes, by object name.
+    pub refuse_delete: BTreeSet<String>,
+}
+
+#[derive(Clone, Default)]
+pub struct FakeApiServer(pub Arc<Mutex<State>>);
+
+fn status(code: u16, reason: &str, message: &str) -> Response<Body> {
+    json_response(
+        code,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message, "reason": reason, "code": code}),
+    )
+}
+
+fn json_response(code: u16, value: &Value) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap())
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(value).unwrap()))
+        .unwrap()
+}
+
+fn not_served() -> Response<Body> {
+    Response::builder()
+        .status(404)
+        .header("content-type", "text/plain; charset=utf-8")
+        .body(Body::from(b"404 page not found\n".to_vec()))
+        .unwrap()
+}
+
+/// A `fieldsV1` for every key the applied object sets, as the server records it.
+fn fields(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (format!("f:{k}"), fields(v)))
+                .collect(),
+        ),
+        _ => json!({}),
+    }
+}
+
+fn matches(labels: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (key, value) = term.split_once('=').unwrap_or((term, ""));
+        labels[key].as_str() == Some(value)
+    })
+}
+
+fn query(uri: &http::Uri, key: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| {
+            v.replace("%3D", "=")
+                .replace("%2F", "/")
+                .replace("%2C", ",")
+        })
+    })
+}
+
+impl FakeApiServer {
+    pub fn new(namespaces: &[&str], crds_installed: bool) -> FakeApiServer {
+        let state = State {
+            namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
+            crds_installed,
+            ..Default::default()
+        };
+        FakeApiServer(Arc::new(Mutex::new(state)))
+    }
+
+    pub fn service(
+        &self,
+    ) -> impl tower::Service<
+        Request<Body>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Send
+           + 'static {
+        let server = self.clone();
+        tower::service_fn(move |request: Request<Body>| {
+            let server = server.clone();
+            async move { Ok::<_, Infallible>(server.handle(request).await) }
+        })
+    }
+
+    /// A live object, by kind and name.
+    pub fn find(&self, kind: &str, name: &str) -> Option<Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .objects
+            .values()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .cloned()
+    }
+
+    /// A foreign writer (like `kubectl edit`) changing an object and taking a field from us.
+    pub fn edit(&self, kind: &str, name: &str, pointer: &str, value: Value, taken_field: &str) {
+        let mut state = self.0.lock().unwrap();
+        let object = state
+            .objects
+            .values_mut()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+            .unwrap();
+        *object.pointer_mut(pointer).unwrap() = value;
+        let managed = object["metadata"]["managedFields"].as_array_mut().unwrap();
+        let ours = managed
+            .iter_mut()
+            .find(|m| m["manager"] == "meshops")
+            .unwrap();
+        let mut path: Vec<String> = pointer
+            .trim_start_matches('/')
+            .split('/')
+            .map(|p| format!("f:{p}"))
+            .collect();
+        let last = path.pop().unwrap();
+        let mut node = &mut ours["fieldsV1"];
+        for segment in &path {
+            node = &mut node[segment.as_str()];
+        }
+        node.as_object_mut().map(|m| m.remove(&last));
+        managed.push(json!({"manager": "kubectl-edit", "operation": "Update", "apiVersion": "apps/v1", "fieldsType": "FieldsV1", "fieldsV1": {taken_field: {}}}));
+    }
+
+    fn served(&self) -> Vec<(&'static str, &'static str, &'static str)> {
+        let crds = self.0.lock().unwrap().crds_installed;
+        BUILTIN
+            .iter()
+            .chain(if crds { FUNCTION_MESH } else { &[] })
+            .copied()
+            .collect()
+    }
+
+    async fn handle(&self, request: Request<Body>) -> Response<Body> {
+        let (parts, body) = request.into_parts();
+        let path = parts.uri.path().to_owned();
+        let body = body.collect_bytes().await.unwrap_or_default();
+        let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        // /api/v1/... or /apis/<group>/<version>/...
+        let (gv, rest) = match segments.as_slice() {
+            ["api", "v1", rest @ ..] => ("v1".to_owned(), rest.to_vec()),
+            ["apis", group, version, rest @ ..] => (format!("{group}/{version}"), rest.to_vec()),
+            _ => return not_served(),
+        };
+        let served: Vec<_> = self
+            .served()
+            .into_iter()
+            .filter(|(g, _, _)| *g == gv)
+            .collect();
+        if served.is_empty() {
+            return not_served();
+        }
+        if rest.is_empty() {
+            let resources: Vec<Value> = served
+                .iter()
+                .map(|(_, plural, kind)| json!({"name": plural, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}))
+                .collect();
+            return json_response(
+                200,
+                &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+            );
+        }
+        let ["namespaces", namespace, plural, name @ ..] = rest.as_slice() else {
+            return not_served();
+        };
+        let Some(&(_, _, kind)) = served.iter().find(|(_, p, _)| p == plural) else {
+            return not_served();
+        };
+        let mut state = self.0.lock().unwrap();
+        let key = |name: &str| {
+            (
+                gv.clone(),
+                plural.to_string(),
+                namespace.to_string(),
+                name.to_owned(),
+            )
+        };
+        match (parts.method.as_str(), name) {
+            ("GET", []) => {
+                let selector = query(&parts.uri, "labelSelector").unwrap_or_default();
+                let items: Vec<Value> = state
+                    .objects
+                    .iter()
+                    .filter(|((g, p, ns, _), o)| {
+                        *g == gv
+                            && p == plural
+                            && ns == namespace
+                            && matches(&o["metadata"]["labels"], &selector)
+                    })
+                    .map(|(_, o)| {
+                        let mut item = o.clone();
+                        let map = item.as_object_mut().unwrap();
+                        map.remove("apiVersion");
+                        map.remove("kind");
+                        item
+                    })
+                    .collect();
+                json_response(
+                    200,
+                    &json!({"kind": format!("{kind}List"), "apiVersion": gv, "metadata": {"resourceVersion": state.next_version.to_string()}, "items": items}),
+                )
+            }
+            ("GET", [name]) => match state.objects.get(&key(name)) {
+                Some(o) => json_response(200, o),
+                None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+            },
+            ("PATCH", [name]) => {
+                if !state.namespaces.contains(*namespace) {
+                    return status(
+                        404,
+                        "NotFound",
+                        &format!("namespaces \"{namespace}\" not found"),
+                    );
+                }
+                let dry_run = query(&parts.uri, "dryRun").is_some();
+                let applied: Value = serde_json::from_slice(&body).unwrap();
+                let existing = state.objects.get(&key(name)).cloned();
+                if let (Some(live), "StatefulSet") = (&existing, kind) {
+                    if live["spec"]["selector"] != applied["spec"]["selector"]
+                        || live["spec"]["serviceName"] != applied["spec"]["serviceName"]
+                    {
+                        return status(422, "Invalid", &format!("StatefulSet.apps \"{name}\" is invalid: spec: Forbidden: updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden"));
+                    }
+                }
+                let mut object = applied.clone();
+                let (code, uid, created) = match &existing {
+                    Some(live) => (
+                        200,
+                        live["metadata"]["uid"].clone(),
+                        live["metadata"]["creationTimestamp"].clone(),
+                    ),
+                    None => (
+                        201,
+                        json!(format!("uid-{name}-{}", state.next_version)),
+                        json!("2026-11-21T12:00:00Z"),
+                    ),
+                };
+                let changed = existing.as_ref().is_none_or(|live| {
+                    let mut a = live.clone();
+                    let mut b = object.clone();
+                    for v in [&mut a, &mut b] {
+                        let meta = v["metadata"].as_object_mut().unwrap();
+                        for k in [
+                            "managedFields",
+                            "resourceVersion",
+                            "uid",
+                            "creationTimestamp",
+                        ] {
+                            meta.remove(k);
+                        }
+                    }
+                    a != b
+                });
+                if changed && !dry_run {
+                    state.next_version += 1;
+                }
+                let version = if changed {
+                    state.next_version
+                } else {
+                    existing
+                        .as_ref()
+                        .and_then(|l| l["metadata"]["resourceVersion"].as_str()?.parse().ok())
+                        .unwrap_or(state.next_version)
+                };
+                let meta = object["metadata"].as_object_mut().unwrap();
+                meta.insert("uid".into(), uid);
+                meta.insert("creationTimestamp".into(), created);
+                meta.insert("resourceVersion".into(), json!(version.to_string()));
+                let mut applied_fields = fields(&applied);
+                applied_fields
+                    .as_object_mut()
+                    .unwrap()
+                    .retain(|k, _| k != "f:apiVersion" && k != "f:kind");
+                meta.insert("managedFields".into(), json!([{"manager": "meshops", "operation": "Apply", "apiVersion": gv, "fieldsType": "FieldsV1", "fieldsV1": applied_fields}]));
+                if !dry_run {
+                    state.objects.insert(key(name), object.clone());
+                }
+                json_response(code, &object)
+            }
+            ("DELETE", [name]) => {
+                if state.refuse_delete.contains(*name) {
+                    return status(
+                        403,
+                        "Forbidden",
+                        &format!("{plural} \"{name}\" is forbidden: deletion refused"),
+                    );
+                }
+                match state.objects.remove(&key(name)) {
+                    Some(o) => json_response(200, &o),
+                    None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+                }
+            }
+            _ => status(405, "MethodNotAllowed", "not supported by the double"),
+        }
+    }
+}
