@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, wiring only.
 
+mod crds;
 mod plan;
 mod render;
 mod schema;
@@ -39,6 +40,9 @@ pub enum Command {
     /// Apply the repository to the cluster (server-side apply), optionally pruning.
     #[command(after_help = plan::APPLY_AFTER_HELP)]
     Apply(plan::ApplyArgs),
+    /// Print the Function Mesh CRDs (generated from the schemas).
+    #[command(after_help = crds::AFTER_HELP)]
+    Crds(crds::Args),
     /// Print the JSON Schema of a kind (for editors and CI tools).
     #[command(after_help = schema::AFTER_HELP)]
     Schema(schema::Args),
@@ -103,10 +107,19 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Schema(args) => schema::run(args),
         Command::Render(args) => render::run(args),
         Command::Plan(args) => plan::run_plan(args),
+        Command::Crds(args) => crds::run(args),
         Command::Apply(args) => plan::run_apply(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        // A closed pipe (`meshops crds | head`) is the reader's choice, not an error.
+        Err(err)
+            if err
+                .downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::from(exit::OK)
+        }
         Err(err) => {
             eprintln!("error: {err:#}");
             ExitCode::from(exit::USAGE_OR_IO)

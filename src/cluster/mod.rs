@@ -225,6 +225,11 @@ impl Cluster {
         }
     }
 
+    /// The underlying client, for what the engine does not wrap (tests simulate other writers).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     pub fn requests(&self) -> &RequestCounter {
         &self.requests
     }

@@ -7,6 +7,7 @@
 
 pub mod common;
 pub mod component;
+pub mod crd;
 pub mod schema;
 pub mod settings;
 
