@@ -299,3 +299,26 @@ async fn refuses_to_prune_everything_when_the_repository_is_empty() {
         .unwrap_err();
     assert!(matches!(error, SyncError::EmptyDesired { .. }), "{error}");
 }
+
+#[tokio::test]
+async fn status_is_written_on_the_crs_meshops_runs() {
+    let (server, cluster) = fresh();
+    let objects = desired(&staging());
+    apply(&cluster, &objects).await;
+    let written = sync::write_status(&cluster, &objects, "abc123")
+        .await
+        .unwrap();
+    assert_eq!(
+        written, 6,
+        "alerts, anomaly-scorer, notifier and the three mesh children"
+    );
+    let function = server.find("Function", "alerts").unwrap();
+    let status = &function["status"];
+    assert_eq!(status["revision"], "abc123");
+    assert_eq!(status["conditions"][0]["type"], "Synced");
+    assert_eq!(status["conditions"][1]["type"], "Ready");
+    assert!(status["selector"]
+        .as_str()
+        .unwrap()
+        .contains("compute.functionmesh.io/name=alerts"));
+}

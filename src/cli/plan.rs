@@ -104,6 +104,15 @@ pub struct ApplyArgs {
     /// Revision recorded in the inventory (default: a hash of the rendered objects).
     #[arg(long)]
     pub revision: Option<String>,
+
+    /// Wait until every StatefulSet has rolled out (fails fast on CrashLoopBackOff,
+    /// ImagePullBackOff, ErrImagePull, CreateContainerConfigError).
+    #[arg(long)]
+    pub wait: bool,
+
+    /// How long --wait waits.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
+    pub timeout: std::time::Duration,
 }
 
 struct Prepared {

@@ -5,6 +5,7 @@
 //! pure (`crate::plan`); this module only fetches what it needs and executes it.
 
 pub mod inventory;
+pub mod rollout;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};
@@ -323,6 +324,24 @@ impl Cluster {
             .map_err(|e| api_error(verb, &object, e))?;
         serde_json::to_value(applied).map_err(|e| ClusterError::Api {
             verb,
+            object: object.to_string(),
+            code: 0,
+            message: e.to_string(),
+        })
+    }
+
+    /// Server-side apply to the status subresource (fixture 29: its own managedFields entry).
+    pub async fn apply_status(&self, value: &Value) -> Result<Value, ClusterError> {
+        let object = ObjectRef::of(value);
+        let resource = self.resource(&object.api_version, &object.kind).await?;
+        let params = PatchParams::apply(FIELD_MANAGER).force();
+        let applied = self
+            .api(&resource, &object.namespace)
+            .patch_status(&object.name, &params, &Patch::Apply(value))
+            .await
+            .map_err(|e| api_error("apply status", &object, e))?;
+        serde_json::to_value(applied).map_err(|e| ClusterError::Api {
+            verb: "apply status",
             object: object.to_string(),
             code: 0,
             message: e.to_string(),

@@ -298,3 +298,43 @@ pub async fn execute(
     .await?;
     Ok(report)
 }
+
+/// Writes status on every Function/Source/Sink meshops runs itself (native mode: the CR is
+/// marked unmanaged for the operator), from its StatefulSet.
+pub async fn write_status(
+    cluster: &Cluster,
+    desired: &[Object],
+    revision: &str,
+) -> Result<usize, ClusterError> {
+    let now = jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let mut written = 0;
+    for object in desired {
+        let component = match object.kind() {
+            "Function" => "function",
+            "Source" => "source",
+            "Sink" => "sink",
+            _ => continue,
+        };
+        if object.value["metadata"]["annotations"][crate::render::OPERATOR_MANAGED] != "false" {
+            continue;
+        }
+        let cr = ObjectRef::of(&object.value);
+        let Some(live_cr) = cluster.get(&cr).await? else {
+            continue;
+        };
+        let statefulset = ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            namespace: cr.namespace.clone(),
+            name: format!("{}-{component}", cr.name),
+        };
+        let live_sts = cluster.get(&statefulset).await?;
+        let status = super::rollout::cr_status(&live_cr, live_sts.as_ref(), revision, &now);
+        retrying(|| cluster.apply_status(&status)).await?;
+        written += 1;
+    }
+    Ok(written)
+}

@@ -238,6 +238,16 @@ impl FakeApiServer {
                 name.to_owned(),
             )
         };
+        if let ("PATCH", [name, "status"]) = (parts.method.as_str(), name) {
+            let applied: Value = serde_json::from_slice(&body).unwrap();
+            return match state.objects.get_mut(&key(name)) {
+                Some(object) => {
+                    object["status"] = applied["status"].clone();
+                    json_response(200, object)
+                }
+                None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
+            };
+        }
         match (parts.method.as_str(), name) {
             ("GET", []) => {
                 let selector = query(&parts.uri, "labelSelector").unwrap_or_default();
