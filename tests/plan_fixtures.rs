@@ -115,3 +115,13 @@ fn a_dry_run_diff_shows_only_the_real_change() {
         "{text}"
     );
 }
+
+#[test]
+fn names_the_fields_a_foreign_writer_took() {
+    let fields = meshops::plan::foreign_fields(&fixture("09-get-statefulset-after-foreign-edit"));
+    assert_eq!(
+        fields,
+        ["spec.template.spec.containers[name=pulsar-function].image"]
+    );
+    assert!(meshops::plan::foreign_fields(&fixture("05-ssa-statefulset-reapply-noop")).is_empty());
+}

@@ -40,6 +40,9 @@ pub enum Command {
     /// Apply the repository to the cluster (server-side apply), optionally pruning.
     #[command(after_help = plan::APPLY_AFTER_HELP)]
     Apply(plan::ApplyArgs),
+    /// Show each Function, Source and Sink: ready replicas, sync state, applied revision.
+    #[command(after_help = plan::STATUS_AFTER_HELP)]
+    Status(plan::StatusArgs),
     /// Print the Function Mesh CRDs (generated from the schemas).
     #[command(after_help = crds::AFTER_HELP)]
     Crds(crds::Args),
@@ -108,6 +111,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Plan(args) => plan::run_plan(args),
         Command::Crds(args) => crds::run(args),
+        Command::Status(args) => plan::run_status(args),
         Command::Apply(args) => plan::run_apply(args),
     };
     match result {

@@ -127,6 +127,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Runtime::new().context("starting the async runtime")
 }
 
+/// Runs a cluster command: a failure is exit status 1 (2 means "changes" for plan, as
+/// terraform has it), printed once with its causes.
+fn cluster_command(
+    work: impl std::future::Future<Output = anyhow::Result<u8>>,
+) -> anyhow::Result<u8> {
+    match runtime()?.block_on(work) {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            Ok(exit::INVALID)
+        }
+    }
+}
+
 /// A content hash of the desired state, the revision when no commit is given.
 fn content_revision(desired: &[Object]) -> String {
     let mut hasher = Sha256::new();
@@ -187,7 +201,7 @@ fn cost(cluster: &Cluster) -> String {
 }
 
 pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
-    runtime()?.block_on(async {
+    cluster_command(async {
         let Some(p) = prepare(&args.cluster, true, false, None).await? else {
             return Ok(exit::INVALID);
         };
@@ -195,16 +209,24 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
         let text = match args.output {
             PlanOutput::Text => plan::text(&p.plan, &diffs),
             PlanOutput::Markdown => plan::markdown(&p.plan, &diffs),
-            PlanOutput::Json => serde_json::to_string_pretty(&serde_json::json!({"plan": p.plan, "diffs": diffs.iter().map(|(k, v)| (k.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(), "summary": p.plan.summary()}))? + "\n",
+            PlanOutput::Json => {
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"plan": p.plan, "diffs": diffs.iter().map(|(k, v)| (k.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(), "summary": p.plan.summary()}),
+                )? + "\n"
+            }
         };
         std::io::stdout().lock().write_all(text.as_bytes())?;
         eprintln!("{}", cost(&p.cluster));
-        Ok(if args.detailed_exitcode && p.plan.has_changes() { exit::CHANGES } else { exit::OK })
+        Ok(if args.detailed_exitcode && p.plan.has_changes() {
+            exit::CHANGES
+        } else {
+            exit::OK
+        })
     })
 }
 
 pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
-    runtime()?.block_on(async {
+    cluster_command(async {
         let Some(p) = prepare(
             &args.cluster,
             args.prune,
@@ -243,5 +265,108 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
         } else {
             exit::INVALID
         })
+    })
+}
+
+pub const STATUS_AFTER_HELP: &str = "\
+One row per Function, Source and Sink: replicas ready out of desired, whether the cluster
+matches the repository (and, when not, which fields another writer changed), and the revision
+last applied.
+
+Example:
+  meshops status examples/prod --context prod";
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+}
+
+pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
+    cluster_command(async {
+        let Some(p) = prepare(&args.cluster, true, false, None).await? else {
+            return Ok(exit::INVALID);
+        };
+        let mut rows = vec![[
+            "KIND".to_owned(),
+            "NAMESPACE".into(),
+            "NAME".into(),
+            "READY".into(),
+            "SYNC".into(),
+            "REVISION".into(),
+        ]];
+        for object in p
+            .desired
+            .iter()
+            .filter(|o| matches!(o.kind(), "Function" | "Source" | "Sink"))
+        {
+            let cr = crate::plan::ObjectRef::of(&object.value);
+            let workload = format!("{}-{}", cr.name, cr.kind.to_ascii_lowercase());
+            let sts = p.live.objects.values().find(|v| {
+                v["kind"] == "StatefulSet"
+                    && v["metadata"]["name"] == workload.as_str()
+                    && v["metadata"]["namespace"] == cr.namespace.as_str()
+            });
+            let ready = match sts {
+                Some(s) => format!(
+                    "{}/{}",
+                    s["status"]["readyReplicas"].as_i64().unwrap_or(0),
+                    s["spec"]["replicas"].as_i64().unwrap_or(0)
+                ),
+                None => "-".into(),
+            };
+            let own: Vec<&crate::plan::Change> = p
+                .plan
+                .changes
+                .iter()
+                .filter(|c| {
+                    c.action != crate::plan::Action::Unchanged
+                        && c.object.namespace == cr.namespace
+                        && (c.object.name == cr.name || c.object.name.starts_with(&workload))
+                })
+                .collect();
+            let sync = if own.is_empty() {
+                "synced".to_owned()
+            } else {
+                let fields: Vec<String> = own
+                    .iter()
+                    .filter_map(|c| p.live.objects.get(&c.object))
+                    .flat_map(crate::plan::foreign_fields)
+                    .collect();
+                if fields.is_empty() {
+                    format!("out of date ({} objects)", own.len())
+                } else {
+                    format!("drifted: {}", fields.join(", "))
+                }
+            };
+            let revision = p
+                .live
+                .objects
+                .get(&cr)
+                .and_then(|v| v["status"]["revision"].as_str().map(str::to_owned))
+                .or_else(|| p.live.revision.clone())
+                .unwrap_or_else(|| "-".into());
+            rows.push([
+                cr.kind.clone(),
+                cr.namespace.clone(),
+                cr.name.clone(),
+                ready,
+                sync,
+                revision,
+            ]);
+        }
+        let widths: Vec<usize> = (0..6)
+            .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+            .collect();
+        let mut stdout = std::io::stdout().lock();
+        for row in &rows {
+            let cells: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            writeln!(stdout, "{}", cells.join("  ").trim_end())?;
+        }
+        Ok(exit::OK)
     })
 }

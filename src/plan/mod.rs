@@ -123,6 +123,55 @@ pub fn fingerprint(live: &Value) -> Option<String> {
     Some(format!("{:x}", Sha256::digest(canonical.as_bytes())))
 }
 
+/// The fields other managers own on an object (`spec.template.spec.containers[name=x].image`),
+/// to say what drifted.
+pub fn foreign_fields(live: &Value) -> Vec<String> {
+    fn walk(node: &Value, path: &str, out: &mut Vec<String>) {
+        let Some(map) = node.as_object().filter(|m| !m.is_empty()) else {
+            out.push(path.to_owned());
+            return;
+        };
+        for (key, child) in map {
+            if key == "." {
+                continue;
+            }
+            let segment = match (key.strip_prefix("f:"), key.strip_prefix("k:")) {
+                (Some(field), _) => format!("{}{field}", if path.is_empty() { "" } else { "." }),
+                (_, Some(selector)) => {
+                    let parsed: Value = serde_json::from_str(selector).unwrap_or(Value::Null);
+                    let terms: Vec<String> = parsed
+                        .as_object()
+                        .into_iter()
+                        .flatten()
+                        .map(|(k, v)| {
+                            format!(
+                                "{k}={}",
+                                v.as_str()
+                                    .map(str::to_owned)
+                                    .unwrap_or_else(|| v.to_string())
+                            )
+                        })
+                        .collect();
+                    format!("[{}]", terms.join(","))
+                }
+                _ => format!("[{key}]"),
+            };
+            walk(child, &format!("{path}{segment}"), out);
+        }
+    }
+    let mut out = Vec::new();
+    for entry in live["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if entry["manager"] != FIELD_MANAGER && entry.get("subresource").is_none() {
+            walk(&entry["fieldsV1"], "", &mut out);
+        }
+    }
+    out
+}
+
 /// Other managers that updated the object, for the reason of a drift.
 fn foreign_writers(live: &Value) -> Vec<String> {
     let writers: BTreeSet<String> = live["metadata"]["managedFields"]

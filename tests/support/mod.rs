@@ -121,6 +121,64 @@ fn query(uri: &http::Uri, key: &str) -> Option<String> {
 }
 
 impl FakeApiServer {
+    /// Serves the double over HTTP on 127.0.0.1 (for the CLI, which connects through a
+    /// kubeconfig); returns the URL.
+    pub async fn listen(&self) -> String {
+        use http_body_util::BodyExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let server = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let server = server.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(
+                        move |request: Request<hyper::body::Incoming>| {
+                            let server = server.clone();
+                            async move {
+                                let (parts, body) = request.into_parts();
+                                let bytes = body
+                                    .collect()
+                                    .await
+                                    .map(|b| b.to_bytes())
+                                    .unwrap_or_default();
+                                let response = server
+                                    .handle(Request::from_parts(parts, Body::from(bytes.to_vec())))
+                                    .await;
+                                let (parts, body) = response.into_parts();
+                                let bytes = body.collect_bytes().await.unwrap_or_default();
+                                Ok::<_, Infallible>(Response::from_parts(
+                                    parts,
+                                    http_body_util::Full::new(bytes),
+                                ))
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        url
+    }
+
+    /// A kubeconfig pointing at `url`, without credentials.
+    pub fn kubeconfig(url: &str, dir: &std::path::Path) -> std::path::PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{url}\"}}\nusers:\n- name: fake\n  user: {{}}\ncontexts:\n- name: fake\n  context: {{cluster: fake, user: fake}}\ncurrent-context: fake\n"
+            ),
+        )
+        .unwrap();
+        path
+    }
+
     pub fn new(namespaces: &[&str], crds_installed: bool) -> FakeApiServer {
         let state = State {
             namespaces: namespaces.iter().map(|s| s.to_string()).collect(),
