@@ -58,6 +58,10 @@ async fn apply_then_plan_shows_no_changes_and_status_is_synced() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(out.contains("Applied 25 objects, deleted 0."), "{out}");
     assert!(err.contains("cost:"), "{err}");
+    assert!(
+        err.contains("created apps/v1/StatefulSet staging/alerts-function"),
+        "plain lines without a terminal: {err}"
+    );
 
     let (code, out, err) = tokio::task::spawn_blocking({
         let run = run.clone();

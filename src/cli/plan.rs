@@ -246,7 +246,18 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
             eprintln!("{}", cost(&p.cluster));
             return Ok(exit::OK);
         }
-        let report = sync::execute(&p.cluster, &p.plan, &p.desired, &p.live, &p.options).await?;
+        let total = p
+            .plan
+            .changes
+            .iter()
+            .filter(|c| c.action != crate::plan::Action::Unchanged)
+            .count();
+        let progress = ApplyProgress::new(total as u64);
+        let report = sync::execute_with(
+            &p.cluster, &p.plan, &p.desired, &p.live, &p.options, &progress,
+        )
+        .await?;
+        progress.finish();
         writeln!(
             stdout,
             "Applied {} objects, deleted {}.",
@@ -369,4 +380,45 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
         }
         Ok(exit::OK)
     })
+}
+
+/// A progress bar on a terminal, one line per object otherwise.
+struct ApplyProgress(Option<indicatif::ProgressBar>);
+
+impl ApplyProgress {
+    fn new(total: u64) -> ApplyProgress {
+        if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            return ApplyProgress(None);
+        }
+        let bar = indicatif::ProgressBar::new(total);
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}") {
+            bar.set_style(style);
+        }
+        ApplyProgress(Some(bar))
+    }
+
+    fn finish(&self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+impl sync::Progress for ApplyProgress {
+    fn done(&self, object: &crate::plan::ObjectRef, action: crate::plan::Action) {
+        let verb = match action {
+            crate::plan::Action::Create => "created",
+            crate::plan::Action::Update => "updated",
+            crate::plan::Action::Recreate => "recreated",
+            crate::plan::Action::Delete => "deleted",
+            crate::plan::Action::Unchanged => "unchanged",
+        };
+        match &self.0 {
+            Some(bar) => {
+                bar.inc(1);
+                bar.set_message(format!("{} {}/{}", verb, object.kind, object.name));
+            }
+            None => eprintln!("{verb} {object}"),
+        }
+    }
 }

@@ -171,6 +171,18 @@ pub struct Report {
     pub failed_deletes: Vec<(ObjectRef, String)>,
 }
 
+/// Told about every object as it is applied or deleted (a progress bar, log lines).
+pub trait Progress: Sync {
+    fn done(&self, object: &ObjectRef, action: Action);
+}
+
+/// No progress reporting.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn done(&self, _: &ObjectRef, _: Action) {}
+}
+
 /// Applies the plan: phase by phase (bounded concurrency inside a phase), recreates as delete
 /// + create, workloads owned by their CR, then prunes in reverse and records the inventory.
 pub async fn execute(
@@ -179,6 +191,18 @@ pub async fn execute(
     desired: &[Object],
     live: &Live,
     options: &SyncOptions,
+) -> Result<Report, SyncError> {
+    execute_with(cluster, plan, desired, live, options, &Quiet).await
+}
+
+/// [`execute`], reporting each object to `progress`.
+pub async fn execute_with(
+    cluster: &Cluster,
+    plan: &Plan,
+    desired: &[Object],
+    live: &Live,
+    options: &SyncOptions,
+    progress: &dyn Progress,
 ) -> Result<Report, SyncError> {
     let deletes = plan.count(Action::Delete);
     if desired.is_empty()
@@ -246,7 +270,9 @@ pub async fn execute(
                     uid.to_owned(),
                 );
             }
-            if actions.get(&reference) != Some(&Action::Unchanged) {
+            let action = actions.get(&reference).copied().unwrap_or(Action::Create);
+            if action != Action::Unchanged {
+                progress.done(&reference, action);
                 report.applied.push(reference.clone());
             }
             fingerprints.insert(reference, fingerprint(&applied));
@@ -256,7 +282,10 @@ pub async fn execute(
     if options.prune {
         for change in plan.changes.iter().filter(|c| c.action == Action::Delete) {
             match retrying(|| cluster.delete(&change.object, false)).await {
-                Ok(()) => report.deleted.push(change.object.clone()),
+                Ok(()) => {
+                    progress.done(&change.object, Action::Delete);
+                    report.deleted.push(change.object.clone());
+                }
                 Err(e) => {
                     report
                         .failed_deletes
