@@ -343,3 +343,18 @@ fn snapshot_of_the_staging_example() {
         None
     )));
 }
+
+#[test]
+fn snapshot_of_the_prod_example_and_the_worked_example() {
+    insta::assert_snapshot!(
+        "prod",
+        to_yaml(&render_path(&root().join("examples/prod"), None))
+    );
+    insta::assert_snapshot!(
+        "worked_example",
+        to_yaml(&render_path(
+            &root().join("tests/data/render/worked-example.yaml"),
+            None
+        ))
+    );
+}
