@@ -414,6 +414,21 @@ fn liveness(pod: &PodPolicy) -> Option<Probe> {
     })
 }
 
+/// `POD_NAME` from the downward API: the runtime derives its shard id from it.
+fn pod_name_env() -> EnvVar {
+    EnvVar {
+        name: "POD_NAME".into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                api_version: None,
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
 fn env_var(name: &str, value: &str) -> EnvVar {
     EnvVar {
         name: name.to_owned(),
@@ -454,17 +469,7 @@ fn filebeat(r: &RunnerSpec, pod_env: &[EnvVar], mounts: &[VolumeMount]) -> Conta
         s.log_topic.as_deref().unwrap_or_default(),
     ));
     env.push(env_var("logName", r.pulsar_name()));
-    env.push(EnvVar {
-        name: "POD_NAME".into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "metadata.name".into(),
-                api_version: None,
-            }),
-            ..Default::default()
-        }),
-    });
+    env.push(pod_name_env());
     let messaging = s.pulsar.clone().unwrap_or_default();
     if let Some(o) = messaging
         .auth_config
@@ -597,17 +602,7 @@ pub fn stateful_set(
     let (volumes, mounts) =
         volumes_and_mounts(r, (downloads && init_mode).then_some(package.path.as_str()));
 
-    let mut env = vec![EnvVar {
-        name: "POD_NAME".into(),
-        value: None,
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: "metadata.name".into(),
-                api_version: None,
-            }),
-            ..Default::default()
-        }),
-    }];
+    let mut env = vec![pod_name_env()];
     for (name, secret) in s.secrets_map.iter().flatten() {
         env.push(EnvVar {
             name: name.clone(),
