@@ -386,3 +386,50 @@ spec:
         "a ConfigMap log config is mounted, not generated"
     );
 }
+
+/// The operator's `TestJavaFunctionCommandWithConnectorOverrides`.
+#[test]
+fn connector_overrides_reach_the_function_details() {
+    let function = "apiVersion: compute.functionmesh.io/v1alpha1
+kind: Function
+metadata: {name: connector-test, namespace: ns}
+spec:
+  className: io.example.Fn
+  pulsar: {pulsarConfig: pulsar}
+  java: {jar: /pulsar/fn.jar}
+  sourceConfig:
+    sourceType: kinesis
+    typeClassName: java.lang.Object
+    configs:
+      awsEndpoint: http://localstack:4566
+      awsKinesisStreamName: demo-stream
+      initialPositionInStream: TRIM_HORIZON
+      useEnhancedFanOut: false
+  sinkConfig:
+    sinkType: kafka
+    typeClassName: java.lang.Object
+    configs:
+      bootstrapServers: kafka:9092
+      acks: all
+      producerConfigProperties: {enable.idempotence: true}
+";
+    let objects = render_files(&[("fn.yaml", function)]);
+    let main = container(
+        find(&objects, "StatefulSet", "connector-test-function"),
+        "pulsar-function",
+    );
+    assert!(script(main).contains("--connectors_directory /pulsar/connectors"));
+    let details = function_details(main);
+    assert_eq!(details["tenant"], "public");
+    assert_eq!(details["name"], "connector-test");
+    assert_eq!(details["source"]["builtin"], "kinesis");
+    assert_eq!(details["source"]["typeClassName"], "java.lang.Object");
+    let source: Value =
+        serde_json::from_str(details["source"]["configs"].as_str().unwrap()).unwrap();
+    assert_eq!(source["awsKinesisStreamName"], "demo-stream");
+    assert_eq!(source["initialPositionInStream"], "TRIM_HORIZON");
+    let sink: Value = serde_json::from_str(details["sink"]["configs"].as_str().unwrap()).unwrap();
+    assert_eq!(sink["sinkType"], "kafka");
+    assert_eq!(sink["bootstrapServers"], "kafka:9092");
+    assert_eq!(sink["producerConfigProperties"]["enable.idempotence"], true);
+}

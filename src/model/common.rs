@@ -496,6 +496,8 @@ pub struct WindowConfig {
 pub struct SourceConnectorSpec {
     pub archive: Option<String>,
     pub builtin: Option<String>,
+    /// Built-in source connector name (v0.27: becomes FunctionDetails `source.builtin`).
+    pub source_type: Option<String>,
     pub class_name: Option<String>,
     pub type_class_name: Option<String>,
     pub configs: Option<Config>,

@@ -995,7 +995,14 @@ mod tests {
         let oauth2_params_text = oauth2_params(&oauth2, OAUTH2_MOUNT);
         let ctl = "export PATH=$PATH:/pulsar/bin && ";
         /// (location, package, TLS, auth, image has pulsarctl and wget, expected argv)
-        type Row<'a> = (&'a str, &'a str, Option<PulsarTlsConfig>, Auth, bool, Vec<&'a str>);
+        type Row<'a> = (
+            &'a str,
+            &'a str,
+            Option<PulsarTlsConfig>,
+            Auth,
+            bool,
+            Vec<&'a str>,
+        );
         let rows: Vec<Row<'_>> = vec![
             (
                 "function://public/default/test@v1",

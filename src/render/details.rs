@@ -270,8 +270,12 @@ fn source_spec(r: &RunnerSpec) -> Value {
             )
             .set("skipToLatest", json!(s.skip_to_latest.unwrap_or(false)));
             if let Some(connector) = &s.source_config {
+                let builtin = connector
+                    .builtin
+                    .as_deref()
+                    .or(connector.source_type.as_deref());
                 m.str("className", connector.class_name.as_deref())
-                    .str("builtin", connector.builtin.as_deref())
+                    .str("builtin", builtin)
                     .str("typeClassName", connector.type_class_name.as_deref());
                 if let Some(configs) = &connector.configs {
                     m.str("configs", Some(&json_string(configs)));
