@@ -243,12 +243,39 @@ impl Tree {
 
     /// Adds everything under `path` to the tree.
     pub fn add_path(&mut self, path: &Path, options: &LoadOptions) {
-        for entry in walk(path) {
-            match entry {
-                Ok(file) => self.add_file(&file, options),
-                Err(problem) => self.problems.push(problem),
-            }
+        use rayon::prelude::*;
+        // Files are read and parsed in parallel, each into a tree of its own, then merged in
+        // walk order so the result does not depend on scheduling.
+        let parts: Vec<Tree> = walk(path)
+            .into_par_iter()
+            .map(|entry| {
+                let mut part = Tree::default();
+                match entry {
+                    Ok(file) => part.add_file(&file, options),
+                    Err(problem) => part.problems.push(problem),
+                }
+                part
+            })
+            .collect();
+        for part in parts {
+            self.merge(part);
         }
+    }
+
+    /// Appends another tree, renumbering its file indices.
+    fn merge(&mut self, other: Tree) {
+        let offset = self.files.len();
+        self.files.extend(other.files);
+        self.documents
+            .extend(other.documents.into_iter().map(|mut d| {
+                d.file += offset;
+                d
+            }));
+        self.problems
+            .extend(other.problems.into_iter().map(|mut p| {
+                p.file = p.file.map(|f| f + offset);
+                p
+            }));
     }
 
     fn add_file(&mut self, path: &Path, options: &LoadOptions) {

@@ -15,6 +15,7 @@ mod workload;
 
 use std::collections::BTreeMap;
 
+use rayon::prelude::*;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -298,20 +299,27 @@ pub fn render(
         }
     }
     if mode == Mode::Native {
-        for unit in units(checked) {
-            let runner = RunnerSpec::new(unit.component, &unit.name, unit.namespace);
-            if unit.base != "/spec" {
-                objects.push(mesh_child(checked, &unit, &runner));
-            }
-            let backend = backend_config(
-                settings.global_backend_config.as_ref(),
-                backend_configs.get(unit.namespace).copied(),
-            );
-            objects.extend(workloads(&runner, settings, &backend));
-        }
+        // Components render independently; the final sort makes the order irrelevant.
+        let per_unit: Vec<Vec<Value>> = units(checked)
+            .par_iter()
+            .map(|unit| {
+                let runner = RunnerSpec::new(unit.component, &unit.name, unit.namespace);
+                let mut out = Vec::new();
+                if unit.base != "/spec" {
+                    out.push(mesh_child(checked, unit, &runner));
+                }
+                let backend = backend_config(
+                    settings.global_backend_config.as_ref(),
+                    backend_configs.get(unit.namespace).copied(),
+                );
+                out.extend(workloads(&runner, settings, &backend));
+                out
+            })
+            .collect();
+        objects.extend(per_unit.into_iter().flatten());
     }
     let mut rendered: Vec<Object> = objects
-        .into_iter()
+        .into_par_iter()
         .map(|value| {
             let value = identify(value, source);
             Object {
