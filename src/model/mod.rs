@@ -240,26 +240,9 @@ impl Manifest {
     }
 
     /// The object's metadata; the settings document has none.
-    pub fn metadata(&self) -> &ObjectMeta {
-        static NONE: ObjectMeta = ObjectMeta {
-            annotations: None,
-            creation_timestamp: None,
-            deletion_grace_period_seconds: None,
-            deletion_timestamp: None,
-            finalizers: None,
-            generate_name: None,
-            generation: None,
-            labels: None,
-            managed_fields: None,
-            name: None,
-            namespace: None,
-            owner_references: None,
-            resource_version: None,
-            self_link: None,
-            uid: None,
-        };
-        match self {
-            Manifest::Settings(_) => &NONE,
+    pub fn metadata(&self) -> Option<&ObjectMeta> {
+        Some(match self {
+            Manifest::Settings(_) => return None,
             Manifest::Function(o) => &o.metadata,
             Manifest::Source(o) => &o.metadata,
             Manifest::Sink(o) => &o.metadata,
@@ -268,15 +251,19 @@ impl Manifest {
             Manifest::ConfigMap(o) => &o.metadata,
             Manifest::Secret(o) => &o.metadata,
             Manifest::ServiceAccount(o) => &o.metadata,
-        }
+        })
     }
 
     pub fn name(&self) -> &str {
-        self.metadata().name.as_deref().unwrap_or_default()
+        self.metadata()
+            .and_then(|m| m.name.as_deref())
+            .unwrap_or_default()
     }
 
     pub fn namespace(&self) -> &str {
-        self.metadata().namespace.as_deref().unwrap_or_default()
+        self.metadata()
+            .and_then(|m| m.namespace.as_deref())
+            .unwrap_or_default()
     }
 }
 
