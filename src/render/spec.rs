@@ -218,3 +218,53 @@ fn default_str(field: &mut Option<String>, value: &str) {
 fn to_value<T: serde::Serialize>(value: &T) -> Value {
     serde_json::to_value(value).unwrap_or(Value::Null)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{schema, Kind};
+
+    /// Rendering reads Source and Sink specs as FunctionSpecs; that is only lossless if every
+    /// field they share with FunctionSpec has the same schema there.
+    #[test]
+    fn source_and_sink_fields_map_onto_function_spec_unchanged() {
+        let function = schema::generate(Kind::Function);
+        let function_fields = &function["$defs"]["FunctionSpec"]["properties"];
+        for (kind, def) in [(Kind::Source, "SourceSpec"), (Kind::Sink, "SinkSpec")] {
+            let generated = schema::generate(kind);
+            for (field, field_schema) in generated["$defs"][def]["properties"].as_object().unwrap()
+            {
+                if OWN_KEYS.contains(&field.as_str()) {
+                    continue;
+                }
+                assert_eq!(
+                    &function_fields[field], field_schema,
+                    "{def}.{field} differs from FunctionSpec.{field}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn webhook_defaults_are_applied() {
+        let source = crate::model::SourceSpec {
+            image: Some("img".into()),
+            replicas: Some(3),
+            log_topic: Some("persistent://public/default/logs".into()),
+            ..Default::default()
+        };
+        let r = RunnerSpec::new(Component::Source(&source), "src", "ns");
+        assert_eq!(r.spec.image.as_deref(), Some("img"));
+        assert_eq!((r.spec.replicas, r.spec.min_replicas), (Some(3), Some(1)));
+        assert_eq!(r.spec.name.as_deref(), Some("src"));
+        assert_eq!(r.spec.tenant.as_deref(), Some("public"));
+        assert_eq!(r.spec.cluster_name.as_deref(), Some("kubernetes"));
+        assert!(
+            r.sidecar_logs(),
+            "Sources ship logs through the sidecar by default"
+        );
+        let producer = r.spec.output.unwrap().producer_conf.unwrap();
+        assert_eq!(producer.max_pending_messages, Some(1000));
+        assert_eq!(r.spec.auto_ack, None, "Sources have no autoAck");
+    }
+}
