@@ -239,10 +239,10 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
         };
         let mut stdout = std::io::stdout().lock();
         stdout.write_all(plan::text(&p.plan, &Default::default()).as_bytes())?;
-        if args.dry_run
-            || !p.plan.has_changes()
-                && p.options.revision == p.live.revision.clone().unwrap_or_default()
-        {
+        // Nothing changed and this revision is already recorded: no write at all.
+        let in_sync =
+            !p.plan.has_changes() && p.live.revision.as_ref() == Some(&p.options.revision);
+        if args.dry_run || in_sync {
             eprintln!("{}", cost(&p.cluster));
             return Ok(exit::OK);
         }

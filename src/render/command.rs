@@ -880,9 +880,10 @@ mod tests {
         wget: true,
     };
 
-    /// Rows in the manner of the operator's `TestGetDownloadCommand`.
+    /// Cases the operator's table leaves out: the package service's `PACKAGE_` variables and
+    /// mount paths, and the legacy authSecret/tlsSecret through pulsarctl.
     #[test]
-    fn download_argv_matches_the_operators_table() {
+    fn download_argv_for_the_package_service_and_legacy_secrets() {
         let plain = PulsarMessaging::default();
         assert_eq!(
             argv("function://public/default/test@v1", ADMIN, &plain, ""),

@@ -75,7 +75,8 @@ fn as_function_spec(value: Value) -> (FunctionSpec, Map<String, Value>) {
             own.insert((*key).to_owned(), v);
         }
     }
-    // Every remaining key of a Source or Sink spec is a FunctionSpec field with the same type.
+    // Every remaining key of a Source or Sink spec is a FunctionSpec field with the same type
+    // (`source_and_sink_fields_map_onto_function_spec_unchanged` proves it from the schemas).
     let spec = serde_json::from_value(Value::Object(map)).unwrap_or_default();
     (spec, own)
 }
