@@ -29,6 +29,7 @@ fn bench(c: &mut Criterion) {
         prune: true,
         allow_empty: false,
         revision: "bench".into(),
+        take_over: false,
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = FakeApiServer::new(&["default", "bench"], true);

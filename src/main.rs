@@ -7,8 +7,11 @@ use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = meshops::cli::Cli::parse();
+    // At the default level only meshops itself speaks: errors are printed once by the
+    // command, and a library's own lines (the kube client's TLS-bypass warning, its logged
+    // connection errors) appear from -v on.
     let default_level = match cli.verbose {
-        0 => "warn",
+        0 => "meshops=warn",
         1 => "debug",
         _ => "trace",
     };

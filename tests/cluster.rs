@@ -39,6 +39,7 @@ fn options() -> SyncOptions {
         prune: true,
         allow_empty: false,
         revision: "test".into(),
+        take_over: false,
     }
 }
 
@@ -264,7 +265,9 @@ async fn a_missing_crd_and_a_missing_namespace_are_named() {
         .await
         .unwrap_err();
     match &error {
-        SyncError::Cluster(ClusterError::CrdMissing { kind, api_version }) => {
+        SyncError::Cluster(ClusterError::CrdMissing {
+            kind, api_version, ..
+        }) => {
             assert_eq!(api_version, "compute.functionmesh.io/v1alpha1");
             assert!(["Function", "BackendConfig", "Source", "Sink"].contains(&kind.as_str()));
         }
@@ -277,8 +280,7 @@ async fn a_missing_crd_and_a_missing_namespace_are_named() {
     let server = FakeApiServer::new(&["default"], true);
     let cluster = Cluster::with_service(server.service());
     let objects = desired(&staging());
-    let (live, plan) = plan_against(&cluster, &objects).await;
-    let error = sync::execute(&cluster, &plan, &objects, &live, &options())
+    let error = sync::fetch(&cluster, &objects, &options())
         .await
         .unwrap_err();
     assert!(
@@ -287,6 +289,7 @@ async fn a_missing_crd_and_a_missing_namespace_are_named() {
             .contains("namespace \"staging\" does not exist"),
         "{error}"
     );
+    assert_eq!(cluster.requests().writes(), 0, "found before any write");
 }
 
 #[tokio::test]
@@ -304,8 +307,8 @@ async fn refuses_to_prune_everything_when_the_repository_is_empty() {
 async fn status_is_written_on_the_crs_meshops_runs() {
     let (server, cluster) = fresh();
     let objects = desired(&staging());
-    apply(&cluster, &objects).await;
-    let written = sync::write_status(&cluster, &objects, "abc123")
+    let (plan, _) = apply(&cluster, &objects).await;
+    let written = sync::write_status(&cluster, &objects, &plan, "abc123", "2026-11-21T00:00:00Z")
         .await
         .unwrap();
     assert_eq!(
@@ -321,4 +324,102 @@ async fn status_is_written_on_the_crs_meshops_runs() {
         .as_str()
         .unwrap()
         .contains("compute.functionmesh.io/name=alerts"));
+}
+
+#[tokio::test]
+async fn an_object_without_meshops_labels_is_adopted() {
+    let (server, cluster) = fresh();
+    let objects = desired(&staging());
+    let config_map = objects
+        .iter()
+        .find(|o| o.kind() == "ConfigMap")
+        .unwrap()
+        .clone();
+    let mut by_hand = config_map.value.clone();
+    by_hand["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("labels");
+    cluster.apply(&by_hand, false).await.unwrap();
+    let (live, plan) = plan_against(&cluster, &objects).await;
+    let change = plan
+        .changes
+        .iter()
+        .find(|c| c.object.name == config_map.name() && c.object.kind == "ConfigMap")
+        .unwrap();
+    assert_eq!(change.action, Action::Adopt, "{}", change.reason);
+    assert!(plan.summary().contains("1 to adopt"), "{}", plan.summary());
+    sync::execute(&cluster, &plan, &objects, &live, &options())
+        .await
+        .unwrap();
+    let adopted = server.find("ConfigMap", config_map.name()).unwrap();
+    assert_eq!(
+        adopted["metadata"]["labels"]["meshops.io/source"],
+        "staging"
+    );
+    let (_, again) = plan_against(&cluster, &objects).await;
+    assert!(!again.has_changes(), "{}", again.summary());
+}
+
+#[tokio::test]
+async fn an_object_of_another_source_is_a_conflict_and_nothing_is_applied() {
+    let (server, cluster) = fresh();
+    let objects = desired(&staging());
+    let mut theirs = objects
+        .iter()
+        .find(|o| o.kind() == "Function" && o.name() == "alerts")
+        .unwrap()
+        .value
+        .clone();
+    theirs["metadata"]["labels"]["meshops.io/source"] = json!("other");
+    cluster.apply(&theirs, false).await.unwrap();
+    let writes = cluster.requests().writes();
+    let (live, plan) = plan_against(&cluster, &objects).await;
+    let change = plan
+        .changes
+        .iter()
+        .find(|c| c.object.name == "alerts" && c.object.kind == "Function")
+        .unwrap();
+    assert_eq!(change.action, Action::Conflict);
+    assert!(change.reason.contains("\"other\""), "{}", change.reason);
+    let error = sync::execute(&cluster, &plan, &objects, &live, &options())
+        .await
+        .unwrap_err();
+    assert!(matches!(error, SyncError::Conflict { .. }), "{error}");
+    assert!(error.to_string().contains("--take-over"), "{error}");
+    assert_eq!(cluster.requests().writes(), writes, "nothing applied");
+    assert!(server.find("StatefulSet", "alerts-function").is_none());
+
+    let take_over = SyncOptions {
+        take_over: true,
+        ..options()
+    };
+    sync::execute(&cluster, &plan, &objects, &live, &take_over)
+        .await
+        .unwrap();
+    let taken = server.find("Function", "alerts").unwrap();
+    assert_eq!(taken["metadata"]["labels"]["meshops.io/source"], "staging");
+}
+
+#[tokio::test]
+async fn without_the_rbac_to_write_nothing_is_applied() {
+    let (server, cluster) = fresh();
+    server
+        .0
+        .lock()
+        .unwrap()
+        .denied
+        .insert("patch statefulsets".into());
+    let objects = desired(&staging());
+    let (live, plan) = plan_against(&cluster, &objects).await;
+    let error = sync::execute(&cluster, &plan, &objects, &live, &options())
+        .await
+        .unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("does not allow patch StatefulSet (apps/v1) in namespace \"staging\""),
+        "{error}"
+    );
+    assert_eq!(cluster.requests().writes(), 0);
 }

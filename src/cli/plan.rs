@@ -9,7 +9,7 @@ use sha2::{Digest, Sha256};
 use super::render::{desired, source_name, ModeArg};
 use super::{exit, LoadArgs};
 use crate::cluster::sync::{self, SyncOptions};
-use crate::cluster::Cluster;
+use crate::cluster::{rollout, Cluster};
 use crate::plan::{self, Plan};
 use crate::render::{Object, SPEC_HASH};
 
@@ -28,12 +28,17 @@ Examples:
 pub const APPLY_AFTER_HELP: &str = "\
 Applies with server-side apply (field manager `meshops`, force) in order: ServiceAccounts,
 ConfigMaps and Secrets, CRs, Services, StatefulSets, then HPA/VPA/PDB/AuthorizationPolicy.
-Workloads are owned by their CR. A change to an immutable field is a delete + create. With
---prune, objects in the inventory that the repository no longer renders are deleted (never
-those annotated meshops.io/prune: disabled).
+Workloads are owned by their CR. A change to an immutable field is a delete + create. An
+object that exists without meshops' labels is adopted; one that another source owns is a
+conflict and nothing is applied unless --take-over. RBAC is asked before the first write, so
+a user without the rights changes nothing. With --prune, objects in the inventory that the
+repository no longer renders are deleted (never those annotated meshops.io/prune: disabled).
+With --wait, apply follows every StatefulSet it changed until it is rolled out, fails fast on
+a stuck pod and exits 1 at --timeout naming each StatefulSet that is not ready. The status of
+every Function, Source and Sink it changed is written either way.
 
 Examples:
-  meshops apply examples/prod --context prod --prune
+  meshops apply examples/prod --context prod --prune --wait --timeout 10m
   meshops apply . --dry-run";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -113,6 +118,11 @@ pub struct ApplyArgs {
     /// How long --wait waits.
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub timeout: std::time::Duration,
+
+    /// Apply objects that another source owns (its meshops.io/source label), taking them over,
+    /// instead of refusing.
+    #[arg(long)]
+    pub take_over: bool,
 }
 
 struct Prepared {
@@ -154,12 +164,16 @@ fn content_revision(desired: &[Object]) -> String {
     format!("sha256:{:x}", hasher.finalize())
 }
 
-async fn prepare(
-    args: &ClusterArgs,
+/// What apply does beyond what plan does.
+#[derive(Default)]
+struct ApplyChoices {
     prune: bool,
     allow_empty: bool,
     revision: Option<String>,
-) -> anyhow::Result<Option<Prepared>> {
+    take_over: bool,
+}
+
+async fn prepare(args: &ClusterArgs, choices: ApplyChoices) -> anyhow::Result<Option<Prepared>> {
     let source = args
         .source
         .clone()
@@ -171,9 +185,12 @@ async fn prepare(
     let options = SyncOptions {
         source,
         inventory_namespace: args.inventory_namespace.clone(),
-        prune,
-        allow_empty,
-        revision: revision.unwrap_or_else(|| content_revision(&desired)),
+        prune: choices.prune,
+        allow_empty: choices.allow_empty,
+        revision: choices
+            .revision
+            .unwrap_or_else(|| content_revision(&desired)),
+        take_over: choices.take_over,
     };
     let live = sync::fetch(&cluster, &desired, &options).await?;
     let plan = plan::plan(&desired, &live.objects, &live.inventory);
@@ -202,7 +219,11 @@ fn cost(cluster: &Cluster) -> String {
 
 pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
     cluster_command(async {
-        let Some(p) = prepare(&args.cluster, true, false, None).await? else {
+        let choices = ApplyChoices {
+            prune: true,
+            ..Default::default()
+        };
+        let Some(p) = prepare(&args.cluster, choices).await? else {
             return Ok(exit::INVALID);
         };
         let diffs = sync::diffs(&p.cluster, &p.plan, &p.desired, &p.live).await?;
@@ -227,14 +248,13 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
 
 pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
     cluster_command(async {
-        let Some(p) = prepare(
-            &args.cluster,
-            args.prune,
-            args.allow_empty,
-            args.revision.clone(),
-        )
-        .await?
-        else {
+        let choices = ApplyChoices {
+            prune: args.prune,
+            allow_empty: args.allow_empty,
+            revision: args.revision.clone(),
+            take_over: args.take_over,
+        };
+        let Some(p) = prepare(&args.cluster, choices).await? else {
             return Ok(exit::INVALID);
         };
         let mut stdout = std::io::stdout().lock();
@@ -246,18 +266,14 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
             eprintln!("{}", cost(&p.cluster));
             return Ok(exit::OK);
         }
-        let total = p
-            .plan
-            .changes
-            .iter()
-            .filter(|c| c.action != crate::plan::Action::Unchanged)
-            .count();
+        let total = p.plan.changes.iter().filter(|c| c.action.writes()).count();
         let progress = ApplyProgress::new(total as u64);
         let report = sync::execute_with(
             &p.cluster, &p.plan, &p.desired, &p.live, &p.options, &progress,
         )
-        .await?;
+        .await;
         progress.finish();
+        let report = report?;
         writeln!(
             stdout,
             "Applied {} objects, deleted {}.",
@@ -270,7 +286,28 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
                 "could not delete {object}: {error} (kept in the inventory)"
             )?;
         }
+        let rollout = if args.wait {
+            let statefulsets = sync::rollouts(&p.plan);
+            eprintln!(
+                "waiting up to {} for {} StatefulSets to roll out",
+                humantime::format_duration(args.timeout),
+                statefulsets.len()
+            );
+            rollout::wait(&p.cluster, &statefulsets, args.timeout).await
+        } else {
+            Ok(())
+        };
+        // The status says how far the rollout got, whether it finished or not.
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        sync::write_status(&p.cluster, &p.desired, &p.plan, &p.options.revision, &now).await?;
         eprintln!("{}", cost(&p.cluster));
+        rollout?;
+        if args.wait {
+            writeln!(stdout, "Rolled out.")?;
+        }
         Ok(if report.failed_deletes.is_empty() {
             exit::OK
         } else {
@@ -295,7 +332,7 @@ pub struct StatusArgs {
 
 pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
     cluster_command(async {
-        let Some(p) = prepare(&args.cluster, true, false, None).await? else {
+        let Some(p) = prepare(&args.cluster, ApplyChoices::default()).await? else {
             return Ok(exit::INVALID);
         };
         let mut rows = vec![[
@@ -408,9 +445,11 @@ impl sync::Progress for ApplyProgress {
     fn done(&self, object: &crate::plan::ObjectRef, action: crate::plan::Action) {
         let verb = match action {
             crate::plan::Action::Create => "created",
+            crate::plan::Action::Adopt => "adopted",
             crate::plan::Action::Update => "updated",
             crate::plan::Action::Recreate => "recreated",
             crate::plan::Action::Delete => "deleted",
+            crate::plan::Action::Conflict => "taken over",
             crate::plan::Action::Unchanged => "unchanged",
         };
         match &self.0 {

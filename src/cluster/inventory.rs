@@ -24,7 +24,7 @@ pub fn name(source: &str) -> String {
     format!("meshops-inventory-{source}")
 }
 
-fn reference(namespace: &str, source: &str) -> ObjectRef {
+pub fn reference(namespace: &str, source: &str) -> ObjectRef {
     ObjectRef {
         api_version: "v1".into(),
         kind: "ConfigMap".into(),

@@ -18,7 +18,7 @@ use kube::api::{
 use kube::client::{Body, ClientBuilder};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::{ApiResource, GroupVersion};
-use kube::discovery::ApiCapabilities;
+use kube::discovery::Scope;
 use kube::{Client, Config};
 use serde_json::Value;
 use tower::util::MapRequestLayer;
@@ -34,6 +34,8 @@ impl RequestCounter {
         let query = request.uri().query().unwrap_or_default();
         let method = request.method().as_str();
         let verb = match method {
+            // Asking RBAC writes nothing.
+            "POST" if request.uri().path().ends_with("accessreviews") => "ACCESS-REVIEW".to_owned(),
             "GET" if query.contains("labelSelector") || query.contains("watch") => {
                 "LIST".to_owned()
             }
@@ -63,32 +65,89 @@ impl RequestCounter {
     }
 }
 
-/// Why a cluster operation failed; the message names the object and what to do.
+/// Where requests go: the server URL and the kubeconfig context, named in every error so a
+/// user with several clusters knows which one answered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub server: String,
+    pub context: Option<String>,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.context {
+            Some(context) => write!(f, "{} (context {context})", self.server),
+            None => write!(f, "{}", self.server),
+        }
+    }
+}
+
+/// One request, for messages: `list StatefulSet (apps/v1) in namespace "prod"`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Call {
+    pub verb: &'static str,
+    pub object: ObjectRef,
+}
+
+impl std::fmt::Display for Call {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let o = &self.object;
+        write!(f, "{} {} ({})", self.verb, o.kind, o.api_version)?;
+        if !o.name.is_empty() {
+            write!(f, " \"{}\"", o.name)?;
+        }
+        if !o.namespace.is_empty() {
+            write!(f, " in namespace \"{}\"", o.namespace)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a cluster operation failed; the message names the server, the request and what to do,
+/// each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     #[error("cannot load kubeconfig: {0}")]
     Kubeconfig(String),
-    #[error("cannot connect to the cluster: {0}")]
-    Connect(String),
+    #[error("cannot use the kubeconfig's cluster {endpoint}: {message}")]
+    Connect { endpoint: Endpoint, message: String },
+    #[error("cannot reach the API server {endpoint} to {request}: {cause}")]
+    Unreachable {
+        endpoint: Endpoint,
+        request: Call,
+        cause: String,
+    },
     #[error(
-        "the cluster does not serve {kind} ({api_version}): its CustomResourceDefinition is not installed \
-         (install the Function Mesh CRDs: `meshops crds | kubectl apply --server-side -f -`)"
+        "the API server {endpoint} refused the credentials (HTTP 401 Unauthorized) to {request}; \
+         check the kubeconfig user's token or certificate"
     )]
-    CrdMissing { api_version: String, kind: String },
-    #[error("namespace \"{namespace}\" does not exist; create it first (meshops never creates namespaces)")]
-    NamespaceMissing { namespace: String },
-    #[error("{verb} {object}: {message} (HTTP {code})")]
-    Api {
-        verb: &'static str,
-        object: String,
-        code: u16,
+    Unauthorized { endpoint: Endpoint, request: Call },
+    #[error("not allowed to {request} on {endpoint} (HTTP 403): {message}")]
+    Forbidden {
+        endpoint: Endpoint,
+        request: Call,
         message: String,
     },
-    #[error("{verb} {object}: {source}")]
-    Transport {
-        verb: &'static str,
-        object: String,
-        source: kube::Error,
+    #[error(
+        "the cluster {endpoint} does not serve {kind} ({api_version}): its CustomResourceDefinition is not installed \
+         (for the Function Mesh kinds: `meshops crds | kubectl apply --server-side -f -`)"
+    )]
+    CrdMissing {
+        endpoint: Endpoint,
+        api_version: String,
+        kind: String,
+    },
+    #[error("namespace \"{namespace}\" does not exist on {endpoint}; create it first (meshops never creates namespaces)")]
+    NamespaceMissing {
+        endpoint: Endpoint,
+        namespace: String,
+    },
+    #[error("{request} on {endpoint}: {message} (HTTP {code})")]
+    Api {
+        endpoint: Endpoint,
+        request: Call,
+        code: u16,
+        message: String,
     },
 }
 
@@ -96,13 +155,15 @@ impl ClusterError {
     /// Stable category, reused as Event reason and metric label.
     pub fn category(&self) -> &'static str {
         match self {
-            ClusterError::Kubeconfig(_) | ClusterError::Connect(_) => "connect",
+            ClusterError::Kubeconfig(_) | ClusterError::Connect { .. } => "config",
+            ClusterError::Unreachable { .. } => "unreachable",
+            ClusterError::Unauthorized { .. } => "unauthorized",
+            ClusterError::Forbidden { .. } => "forbidden",
             ClusterError::CrdMissing { .. } => "crd-missing",
             ClusterError::NamespaceMissing { .. } => "namespace-missing",
             ClusterError::Api { code: 409, .. } => "conflict",
             ClusterError::Api { code: 422, .. } => "invalid",
             ClusterError::Api { .. } => "api",
-            ClusterError::Transport { .. } => "transport",
         }
     }
 
@@ -110,7 +171,7 @@ impl ClusterError {
     pub fn is_transient(&self) -> bool {
         match self {
             ClusterError::Api { code, .. } => *code == 409 || *code == 429 || *code >= 500,
-            ClusterError::Transport { .. } => true,
+            ClusterError::Unreachable { .. } => true,
             _ => false,
         }
     }
@@ -121,44 +182,30 @@ impl ClusterError {
     }
 }
 
-fn api_error(verb: &'static str, object: &ObjectRef, error: kube::Error) -> ClusterError {
-    match error {
-        kube::Error::Api(status) => {
-            if status.code == 404
-                && status.message.contains("namespaces")
-                && status.message.contains("not found")
-            {
-                return ClusterError::NamespaceMissing {
-                    namespace: object.namespace.clone(),
-                };
-            }
-            if status.code == 404 && status.reason == "Failed to parse error data" {
-                // A plain-text 404 comes from an API path nobody serves (fixture 22).
-                return ClusterError::CrdMissing {
-                    api_version: object.api_version.clone(),
-                    kind: object.kind.clone(),
-                };
-            }
-            ClusterError::Api {
-                verb,
-                object: object.to_string(),
-                code: status.code,
-                message: status.message.clone(),
-            }
-        }
-        other => ClusterError::Transport {
-            verb,
-            object: object.to_string(),
-            source: other,
-        },
+/// The innermost cause of an error chain: a transport error's `Display` repeats its sources
+/// ("client error (Connect): tcp connect error: Connection refused"), the user needs the last.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(next) = current.source() {
+        current = next;
     }
+    current.to_string()
+}
+
+/// A kind the cluster serves, as discovery reports it.
+#[derive(Clone, Debug)]
+pub struct Served {
+    pub resource: ApiResource,
+    /// Namespaced or cluster-scoped: the URL of every request depends on it.
+    pub namespaced: bool,
 }
 
 /// A connection to one cluster, with a discovery cache.
 pub struct Cluster {
     client: Client,
+    endpoint: Endpoint,
     requests: RequestCounter,
-    resources: Mutex<HashMap<String, Vec<(ApiResource, ApiCapabilities)>>>,
+    served: Mutex<HashMap<String, Vec<Served>>>,
 }
 
 impl Cluster {
@@ -172,20 +219,42 @@ impl Cluster {
             context: context.map(str::to_owned),
             ..Default::default()
         };
-        let config = match kubeconfig {
+        let (config, context) = match kubeconfig {
             Some(path) => {
                 let file = Kubeconfig::read_from(path)
                     .map_err(|e| ClusterError::Kubeconfig(format!("{}: {e}", path.display())))?;
-                Config::from_custom_kubeconfig(file, &options)
+                let current = context
+                    .map(str::to_owned)
+                    .or_else(|| file.current_context.clone());
+                let config = Config::from_custom_kubeconfig(file, &options)
                     .await
-                    .map_err(|e| ClusterError::Kubeconfig(e.to_string()))?
+                    .map_err(|e| ClusterError::Kubeconfig(format!("{}: {e}", path.display())))?;
+                (config, current)
             }
-            None if context.is_some() => Config::from_kubeconfig(&options)
-                .await
-                .map_err(|e| ClusterError::Kubeconfig(e.to_string()))?,
-            None => Config::infer()
-                .await
-                .map_err(|e| ClusterError::Kubeconfig(e.to_string()))?,
+            None => {
+                let current = match context {
+                    Some(c) => Some(c.to_owned()),
+                    None => Kubeconfig::read().ok().and_then(|k| k.current_context),
+                };
+                let config = if context.is_some() {
+                    Config::from_kubeconfig(&options)
+                        .await
+                        .map_err(|e| ClusterError::Kubeconfig(e.to_string()))?
+                } else {
+                    Config::infer()
+                        .await
+                        .map_err(|e| ClusterError::Kubeconfig(e.to_string()))?
+                };
+                (config, current)
+            }
+        };
+        let endpoint = Endpoint {
+            server: config
+                .cluster_url
+                .to_string()
+                .trim_end_matches('/')
+                .to_owned(),
+            context,
         };
         let requests = RequestCounter::default();
         let counter = requests.clone();
@@ -193,13 +262,16 @@ impl Cluster {
             counter.record(&request);
             request
         });
-        let builder =
-            ClientBuilder::try_from(config).map_err(|e| ClusterError::Connect(e.to_string()))?;
+        let builder = ClientBuilder::try_from(config).map_err(|e| ClusterError::Connect {
+            endpoint: endpoint.clone(),
+            message: root_cause(&e),
+        })?;
         let client = builder.with_layer(&layer).build();
         Ok(Cluster {
             client,
+            endpoint,
             requests,
-            resources: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,8 +293,12 @@ impl Cluster {
             .build();
         Cluster {
             client,
+            endpoint: Endpoint {
+                server: "in-process".into(),
+                context: None,
+            },
             requests,
-            resources: Mutex::new(HashMap::new()),
+            served: Mutex::new(HashMap::new()),
         }
     }
 
@@ -231,27 +307,73 @@ impl Cluster {
         &self.client
     }
 
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
     pub fn requests(&self) -> &RequestCounter {
         &self.requests
     }
 
-    /// The API resource of `apiVersion` + `kind`, one discovery request per group-version.
-    pub async fn resource(
-        &self,
-        api_version: &str,
-        kind: &str,
-    ) -> Result<ApiResource, ClusterError> {
+    /// Turns a client error into one that names the server, the request and the cause once.
+    fn error(&self, verb: &'static str, object: &ObjectRef, error: kube::Error) -> ClusterError {
+        let endpoint = self.endpoint.clone();
+        let request = Call {
+            verb,
+            object: object.clone(),
+        };
+        match error {
+            kube::Error::Api(status) => match status.code {
+                401 => ClusterError::Unauthorized { endpoint, request },
+                403 => ClusterError::Forbidden {
+                    endpoint,
+                    request,
+                    message: status.message,
+                },
+                404 if status.message.contains("namespaces")
+                    && status.message.contains("not found") =>
+                {
+                    ClusterError::NamespaceMissing {
+                        endpoint,
+                        namespace: object.namespace.clone(),
+                    }
+                }
+                // A plain-text 404 comes from an API path nobody serves (fixture 22).
+                404 if status.reason == "Failed to parse error data" => ClusterError::CrdMissing {
+                    endpoint,
+                    api_version: object.api_version.clone(),
+                    kind: object.kind.clone(),
+                },
+                code => ClusterError::Api {
+                    endpoint,
+                    request,
+                    code,
+                    message: status.message,
+                },
+            },
+            other => ClusterError::Unreachable {
+                endpoint,
+                request,
+                cause: root_cause(&other),
+            },
+        }
+    }
+
+    /// The kind `apiVersion` + `kind` as the cluster serves it, one discovery request per
+    /// group-version.
+    pub async fn served(&self, api_version: &str, kind: &str) -> Result<Served, ClusterError> {
         let missing = || ClusterError::CrdMissing {
+            endpoint: self.endpoint.clone(),
             api_version: api_version.to_owned(),
             kind: kind.to_owned(),
         };
         let cached = self
-            .resources
+            .served
             .lock()
             .ok()
             .and_then(|c| c.get(api_version).cloned());
-        let resources = match cached {
-            Some(resources) => resources,
+        let served = match cached {
+            Some(served) => served,
             None => {
                 let gv: GroupVersion = api_version.parse().map_err(|_| missing())?;
                 let group = match kube::discovery::pinned_group(&self.client, &gv).await {
@@ -264,93 +386,129 @@ impl Cluster {
                             namespace: String::new(),
                             name: String::new(),
                         };
-                        return Err(api_error("discover", &object, e));
+                        return Err(self.error("discover", &object, e));
                     }
                 };
-                let resources = group.versioned_resources(&gv.version);
-                if let Ok(mut cache) = self.resources.lock() {
-                    cache.insert(api_version.to_owned(), resources.clone());
+                let served: Vec<Served> = group
+                    .versioned_resources(&gv.version)
+                    .into_iter()
+                    .map(|(resource, capabilities)| Served {
+                        resource,
+                        namespaced: capabilities.scope == Scope::Namespaced,
+                    })
+                    .collect();
+                if let Ok(mut cache) = self.served.lock() {
+                    cache.insert(api_version.to_owned(), served.clone());
                 }
-                resources
+                served
             }
         };
-        resources
+        served
             .into_iter()
-            .find(|(r, _)| r.kind == kind)
-            .map(|(r, _)| r)
+            .find(|s| s.resource.kind == kind)
             .ok_or_else(missing)
     }
 
-    fn api(&self, resource: &ApiResource, namespace: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), namespace, resource)
+    /// The typed handle for one kind in one namespace; cluster-scoped kinds ignore it.
+    async fn api(
+        &self,
+        api_version: &str,
+        kind: &str,
+        namespace: &str,
+    ) -> Result<Api<DynamicObject>, ClusterError> {
+        let served = self.served(api_version, kind).await?;
+        Ok(if served.namespaced {
+            Api::namespaced_with(self.client.clone(), namespace, &served.resource)
+        } else {
+            Api::all_with(self.client.clone(), &served.resource)
+        })
     }
 
     /// Every object of a kind in a namespace carrying `selector`: one LIST.
     pub async fn list(
         &self,
-        resource: &ApiResource,
+        api_version: &str,
+        kind: &str,
         namespace: &str,
         selector: &str,
     ) -> Result<Vec<Value>, ClusterError> {
         let object = ObjectRef {
-            api_version: resource.api_version.clone(),
-            kind: resource.kind.clone(),
+            api_version: api_version.into(),
+            kind: kind.into(),
             namespace: namespace.into(),
             name: String::new(),
         };
         let list = self
-            .api(resource, namespace)
+            .api(api_version, kind, namespace)
+            .await?
             .list(&ListParams::default().labels(selector))
             .await
-            .map_err(|e| api_error("list", &object, e))?;
+            .map_err(|e| self.error("list", &object, e))?;
         Ok(list
             .items
             .iter()
             .filter_map(|o| serde_json::to_value(o).ok())
+            .map(|mut item| {
+                // Items of a LIST carry no apiVersion/kind.
+                item["apiVersion"] = Value::from(api_version);
+                item["kind"] = Value::from(kind);
+                item
+            })
             .collect())
+    }
+
+    /// An error of this side (encoding a request or decoding an answer), not the server's.
+    fn local(&self, verb: &'static str, object: &ObjectRef, message: String) -> ClusterError {
+        ClusterError::Api {
+            endpoint: self.endpoint.clone(),
+            request: Call {
+                verb,
+                object: object.clone(),
+            },
+            code: 0,
+            message,
+        }
+    }
+
+    fn decode(
+        &self,
+        verb: &'static str,
+        object: &ObjectRef,
+        value: DynamicObject,
+    ) -> Result<Value, ClusterError> {
+        serde_json::to_value(value).map_err(|e| self.local(verb, object, e.to_string()))
     }
 
     /// Server-side apply with manager `meshops` and force; `dry_run` persists nothing.
     pub async fn apply(&self, value: &Value, dry_run: bool) -> Result<Value, ClusterError> {
         let object = ObjectRef::of(value);
-        let resource = self.resource(&object.api_version, &object.kind).await?;
         let mut params = PatchParams::apply(FIELD_MANAGER).force();
         params.dry_run = dry_run;
         let verb = if dry_run { "dry-run apply" } else { "apply" };
         let applied = self
-            .api(&resource, &object.namespace)
+            .api(&object.api_version, &object.kind, &object.namespace)
+            .await?
             .patch(&object.name, &params, &Patch::Apply(value))
             .await
-            .map_err(|e| api_error(verb, &object, e))?;
-        serde_json::to_value(applied).map_err(|e| ClusterError::Api {
-            verb,
-            object: object.to_string(),
-            code: 0,
-            message: e.to_string(),
-        })
+            .map_err(|e| self.error(verb, &object, e))?;
+        self.decode(verb, &object, applied)
     }
 
     /// Server-side apply to the status subresource (fixture 29: its own managedFields entry).
     pub async fn apply_status(&self, value: &Value) -> Result<Value, ClusterError> {
         let object = ObjectRef::of(value);
-        let resource = self.resource(&object.api_version, &object.kind).await?;
         let params = PatchParams::apply(FIELD_MANAGER).force();
         let applied = self
-            .api(&resource, &object.namespace)
+            .api(&object.api_version, &object.kind, &object.namespace)
+            .await?
             .patch_status(&object.name, &params, &Patch::Apply(value))
             .await
-            .map_err(|e| api_error("apply status", &object, e))?;
-        serde_json::to_value(applied).map_err(|e| ClusterError::Api {
-            verb: "apply status",
-            object: object.to_string(),
-            code: 0,
-            message: e.to_string(),
-        })
+            .map_err(|e| self.error("apply status of", &object, e))?;
+        self.decode("apply status of", &object, applied)
     }
 
     /// Deletes an object; `foreground` waits for its dependents, background does not.
     pub async fn delete(&self, object: &ObjectRef, foreground: bool) -> Result<(), ClusterError> {
-        let resource = self.resource(&object.api_version, &object.kind).await?;
         let params = DeleteParams {
             propagation_policy: Some(if foreground {
                 PropagationPolicy::Foreground
@@ -360,26 +518,73 @@ impl Cluster {
             ..Default::default()
         };
         match self
-            .api(&resource, &object.namespace)
+            .api(&object.api_version, &object.kind, &object.namespace)
+            .await?
             .delete(&object.name, &params)
             .await
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
-            Err(e) => Err(api_error("delete", object, e)),
+            Err(e) => Err(self.error("delete", object, e)),
         }
     }
 
     /// One object, or `None` when it does not exist.
     pub async fn get(&self, object: &ObjectRef) -> Result<Option<Value>, ClusterError> {
-        let resource = self.resource(&object.api_version, &object.kind).await?;
-        match self
-            .api(&resource, &object.namespace)
+        let found = self
+            .api(&object.api_version, &object.kind, &object.namespace)
+            .await?
             .get_opt(&object.name)
             .await
-        {
-            Ok(found) => Ok(found.and_then(|o| serde_json::to_value(o).ok())),
-            Err(e) => Err(api_error("get", object, e)),
-        }
+            .map_err(|e| self.error("get", object, e))?;
+        Ok(found
+            .and_then(|o| serde_json::to_value(o).ok())
+            .map(|mut v| {
+                v["apiVersion"] = Value::from(object.api_version.as_str());
+                v["kind"] = Value::from(object.kind.as_str());
+                v
+            }))
+    }
+
+    /// Asks the API server whether the current user may `verb` the resource of `kind` in
+    /// `namespace` (a SelfSubjectAccessReview: RBAC answers before anything is written).
+    pub async fn may(
+        &self,
+        verb: &str,
+        api_version: &str,
+        kind: &str,
+        subresource: Option<&str>,
+        namespace: &str,
+    ) -> Result<bool, ClusterError> {
+        let served = self.served(api_version, kind).await?;
+        let review = serde_json::json!({
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SelfSubjectAccessReview",
+            "spec": {"resourceAttributes": {
+                "verb": verb,
+                "group": served.resource.group,
+                "resource": served.resource.plural,
+                "subresource": subresource.unwrap_or_default(),
+                "namespace": if served.namespaced { namespace } else { "" },
+            }},
+        });
+        let object = ObjectRef {
+            api_version: "authorization.k8s.io/v1".into(),
+            kind: "SelfSubjectAccessReview".into(),
+            namespace: String::new(),
+            name: String::new(),
+        };
+        let body = serde_json::to_vec(&review)
+            .map_err(|e| self.local("create", &object, e.to_string()))?;
+        let request = Request::post("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+            .header("content-type", "application/json")
+            .body(body)
+            .map_err(|e| self.local("create", &object, e.to_string()))?;
+        let answer: Value = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| self.error("create", &object, e))?;
+        Ok(answer["status"]["allowed"] == true)
     }
 }

@@ -99,60 +99,76 @@ pub fn selector(statefulset: &Value) -> String {
 pub enum RolloutError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error("{object}: pod {pod} is in {reason}")]
+    #[error("rollout failed: {object}: pod {pod} is in {reason}")]
     PodFailed {
         object: ObjectRef,
         pod: String,
         reason: String,
     },
-    #[error("{object}: not rolled out after {seconds}s ({progress})")]
+    #[error(
+        "not rolled out after {}: {}",
+        humantime::format_duration(*timeout),
+        pending.iter().map(|(o, why)| format!("StatefulSet {}/{} ({why})", o.namespace, o.name)).collect::<Vec<_>>().join("; ")
+    )]
     Timeout {
-        object: ObjectRef,
-        seconds: u64,
-        progress: String,
+        timeout: Duration,
+        /// Every StatefulSet not ready, with what it is missing.
+        pending: Vec<(ObjectRef, String)>,
     },
 }
 
-/// Follows every StatefulSet until it is rolled out, a pod fails, or `timeout` passes.
+/// Where one StatefulSet stands now: its object and its pods, two requests.
+async fn check(cluster: &Cluster, object: &ObjectRef) -> Result<Rollout, ClusterError> {
+    let Some(live) = cluster.get(object).await? else {
+        return Ok(Rollout::Progressing("not created yet".into()));
+    };
+    let pods = cluster
+        .list("v1", "Pod", &object.namespace, &selector(&live))
+        .await?;
+    Ok(assess(&live, &pods))
+}
+
+/// Follows the StatefulSets until all are rolled out, a pod fails (at once, naming it), or
+/// `timeout` passes (naming every StatefulSet that is not ready and why).
 pub async fn wait(
     cluster: &Cluster,
     statefulsets: &[ObjectRef],
     timeout: Duration,
 ) -> Result<(), RolloutError> {
+    const POLL: Duration = Duration::from_secs(2);
     let deadline = Instant::now() + timeout;
-    for object in statefulsets {
-        loop {
-            let Some(live) = cluster.get(object).await? else {
-                break;
-            };
-            let pods_resource = cluster.resource("v1", "Pod").await?;
-            let pods = cluster
-                .list(&pods_resource, &object.namespace, &selector(&live))
-                .await?;
-            match assess(&live, &pods) {
-                Rollout::Done => break,
+    let mut pending: Vec<ObjectRef> = statefulsets.to_vec();
+    loop {
+        let mut still = Vec::new();
+        for object in pending {
+            match check(cluster, &object).await? {
+                Rollout::Done => {}
                 Rollout::Failed { pod, reason } => {
                     return Err(RolloutError::PodFailed {
-                        object: object.clone(),
+                        object,
                         pod,
                         reason,
                     })
                 }
-                Rollout::Progressing(progress) if Instant::now() >= deadline => {
-                    return Err(RolloutError::Timeout {
-                        object: object.clone(),
-                        seconds: timeout.as_secs(),
-                        progress,
-                    })
-                }
                 Rollout::Progressing(progress) => {
                     tracing::info!(%object, %progress, "waiting");
-                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    still.push((object, progress));
                 }
             }
         }
+        if still.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(RolloutError::Timeout {
+                timeout,
+                pending: still,
+            });
+        }
+        tokio::time::sleep(POLL.min(deadline - now)).await;
+        pending = still.into_iter().map(|(o, _)| o).collect();
     }
-    Ok(())
 }
 
 /// The status meshops writes on a Function/Source/Sink in native mode: standard conditions

@@ -26,6 +26,8 @@ pub struct SyncOptions {
     pub allow_empty: bool,
     /// Commit or content hash recorded with the inventory.
     pub revision: String,
+    /// Apply objects that belong to another source (taking them over) instead of refusing.
+    pub take_over: bool,
 }
 
 /// What the cluster holds for a source.
@@ -45,10 +47,26 @@ pub enum SyncError {
          everything (pass --allow-empty if that is really wanted)"
     )]
     EmptyDesired { count: usize },
+    #[error(
+        "nothing was applied: {} belong to another source ({}); pass --take-over to take them",
+        conflicts.len(),
+        conflicts.iter().map(|(o, owner)| format!("{o} of \"{owner}\"")).collect::<Vec<_>>().join(", ")
+    )]
+    Conflict { conflicts: Vec<(ObjectRef, String)> },
+    #[error(
+        "nothing was applied: the cluster {endpoint} does not allow {}",
+        denied.join(", ")
+    )]
+    Forbidden {
+        endpoint: super::Endpoint,
+        denied: Vec<String>,
+    },
 }
 
 /// Live state with one LIST per kind and namespace (plus the inventory): O(kinds ×
-/// namespaces) requests, never one GET per object.
+/// namespaces) requests, never one GET per object. Only objects that the LIST by source label
+/// does not return (new ones, or ones another source or a person holds) are looked up one by
+/// one, so the plan can tell create from adopt and conflict.
 pub async fn fetch(
     cluster: &Cluster,
     desired: &[Object],
@@ -71,19 +89,61 @@ pub async fn fetch(
     let selector = format!("{SOURCE_LABEL}={}", options.source);
     let mut objects = BTreeMap::new();
     for (api_version, kind, namespace) in scopes {
-        let resource = cluster.resource(&api_version, &kind).await?;
-        let listed = match cluster.list(&resource, &namespace, &selector).await {
+        let listed = match cluster
+            .list(&api_version, &kind, &namespace, &selector)
+            .await
+        {
             Ok(items) => items,
             // A namespace that does not exist yet holds nothing.
             Err(ClusterError::Api { code: 404, .. })
             | Err(ClusterError::NamespaceMissing { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        for mut item in listed {
-            // Items of a LIST carry no apiVersion/kind.
-            item["apiVersion"] = json!(api_version);
-            item["kind"] = json!(kind);
+        for item in listed {
             objects.insert(ObjectRef::of(&item), item);
+        }
+    }
+    let unlisted: BTreeSet<ObjectRef> = desired
+        .iter()
+        .map(|o| ObjectRef::of(&o.value))
+        .chain(inventory.iter().map(|e| e.object.clone()))
+        .filter(|r| !objects.contains_key(r))
+        .collect();
+    let found: Vec<Result<Option<Value>, ClusterError>> = stream::iter(&unlisted)
+        .map(|reference| cluster.get(reference))
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    for item in found {
+        if let Some(item) = item? {
+            objects.insert(ObjectRef::of(&item), item);
+        }
+    }
+    // A namespace where nothing was found may not exist: ask once, before anything is
+    // written. Without the right to read namespaces the apply itself will tell.
+    let seen: BTreeSet<&str> = objects.keys().map(|r| r.namespace.as_str()).collect();
+    let unseen: BTreeSet<&str> = unlisted
+        .iter()
+        .map(|r| r.namespace.as_str())
+        .filter(|n| !n.is_empty() && !seen.contains(n))
+        .collect();
+    for namespace in unseen {
+        let reference = ObjectRef {
+            api_version: "v1".into(),
+            kind: "Namespace".into(),
+            namespace: String::new(),
+            name: namespace.to_owned(),
+        };
+        match cluster.get(&reference).await {
+            Ok(Some(_)) | Err(ClusterError::Forbidden { .. }) => {}
+            Ok(None) => {
+                return Err(ClusterError::NamespaceMissing {
+                    endpoint: cluster.endpoint().clone(),
+                    namespace: namespace.to_owned(),
+                }
+                .into())
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(Live {
@@ -103,7 +163,7 @@ where
     loop {
         match operation().await {
             Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                tracing::warn!(error = %e, attempt, "retrying");
+                tracing::info!(error = %e, attempt, "retrying");
                 tokio::time::sleep(delay).await;
                 delay *= 2;
                 attempt += 1;
@@ -125,17 +185,28 @@ pub async fn diffs(
         .iter()
         .map(|o| (plan::ObjectRef::of(&o.value), &o.value))
         .collect();
+    // The dry-run sends what apply sends, ownerReferences included, or every diff would show
+    // them removed.
+    let owners: Owners = live
+        .objects
+        .values()
+        .filter_map(|v| Some((owner_key(v)?, v["metadata"]["uid"].as_str()?.to_owned())))
+        .collect();
     let mut out = BTreeMap::new();
     for change in &plan.changes {
         let current = live.objects.get(&change.object);
         let text = match change.action {
             Action::Unchanged => continue,
             Action::Delete => plan::diff(current, None),
-            Action::Recreate => plan::diff(current, by_ref.get(&change.object).copied()),
-            Action::Create | Action::Update => {
+            Action::Recreate => {
+                let target = by_ref.get(&change.object).map(|v| with_owner(v, &owners));
+                plan::diff(current, target.as_ref())
+            }
+            Action::Create | Action::Adopt | Action::Update | Action::Conflict => {
                 let Some(target) = by_ref.get(&change.object) else {
                     continue;
                 };
+                let target = &with_owner(target, &owners);
                 match retrying(|| cluster.apply(target, true)).await {
                     Ok(dry_run) => plan::diff(current, Some(&dry_run)),
                     // An immutable change that the hash did not reveal: show what would change.
@@ -149,8 +220,24 @@ pub async fn diffs(
     Ok(out)
 }
 
+/// (namespace, kind, name) of a Function, Source or Sink → its uid.
+type Owners = BTreeMap<(String, String, String), String>;
+
+/// The key of a Function/Source/Sink in [`Owners`].
+fn owner_key(value: &Value) -> Option<(String, String, String)> {
+    let kind = value["kind"].as_str()?;
+    matches!(kind, "Function" | "Source" | "Sink")
+        .then_some(())
+        .filter(|_| value["apiVersion"] == crate::model::FUNCTION_MESH_API_VERSION)?;
+    Some((
+        value["metadata"]["namespace"].as_str()?.to_owned(),
+        kind.to_owned(),
+        value["metadata"]["name"].as_str()?.to_owned(),
+    ))
+}
+
 /// The workload's controller: the CR named by its Function Mesh labels.
-fn owner_of(value: &Value) -> Option<(String, String)> {
+fn owner_of(value: &Value) -> Option<(String, String, String)> {
     let labels = &value["metadata"]["labels"];
     let name = labels["compute.functionmesh.io/name"].as_str()?;
     let kind = match labels["compute.functionmesh.io/component"].as_str()? {
@@ -159,7 +246,25 @@ fn owner_of(value: &Value) -> Option<(String, String)> {
         "sink" => "Sink",
         _ => return None,
     };
-    Some((kind.to_owned(), name.to_owned()))
+    let namespace = value["metadata"]["namespace"].as_str()?;
+    Some((namespace.to_owned(), kind.to_owned(), name.to_owned()))
+}
+
+/// The object with a controller ownerReference to its CR when the CR's uid is known, so that
+/// deleting a Function deletes its workloads.
+fn with_owner(value: &Value, owners: &Owners) -> Value {
+    let mut value = value.clone();
+    // A CR is never its own owner.
+    if let Some(key) = owner_of(&value).filter(|_| owner_key(&value).is_none()) {
+        if let Some(uid) = owners.get(&key) {
+            value["metadata"]["ownerReferences"] = json!([{
+                "apiVersion": crate::model::FUNCTION_MESH_API_VERSION,
+                "kind": key.1, "name": key.2, "uid": uid,
+                "controller": true, "blockOwnerDeletion": true,
+            }]);
+        }
+    }
+    value
 }
 
 /// What an apply did.
@@ -195,6 +300,85 @@ pub async fn execute(
     execute_with(cluster, plan, desired, live, options, &Quiet).await
 }
 
+/// The RBAC checks an execution needs, as (verb, apiVersion, kind, subresource, namespace).
+type Permission = (&'static str, String, String, Option<&'static str>, String);
+
+fn permissions(plan: &Plan, live: &Live, options: &SyncOptions) -> BTreeSet<Permission> {
+    let mut needed = BTreeSet::new();
+    let mut add = |verb: &'static str, o: &ObjectRef, subresource: Option<&'static str>| {
+        needed.insert((
+            verb,
+            o.api_version.clone(),
+            o.kind.clone(),
+            subresource,
+            o.namespace.clone(),
+        ));
+    };
+    for change in &plan.changes {
+        let o = &change.object;
+        let verbs: &[&'static str] = match change.action {
+            Action::Create => &["create", "patch"],
+            Action::Adopt | Action::Update | Action::Conflict => &["patch"],
+            Action::Recreate => &["delete", "create", "patch"],
+            Action::Delete if options.prune => &["delete"],
+            Action::Delete | Action::Unchanged => &[],
+        };
+        for verb in verbs {
+            add(verb, o, None);
+        }
+        if change.action.writes() && matches!(o.kind.as_str(), "Function" | "Source" | "Sink") {
+            add("patch", o, Some("status"));
+        }
+    }
+    let inventory = inventory::reference(&options.inventory_namespace, &options.source);
+    add("patch", &inventory, None);
+    if live.revision.is_none() {
+        add("create", &inventory, None);
+    }
+    needed
+}
+
+/// Asks RBAC about every verb the execution needs before anything is written, so that a user
+/// without the rights gets one clear error and a cluster left as it was.
+async fn preflight(
+    cluster: &Cluster,
+    plan: &Plan,
+    live: &Live,
+    options: &SyncOptions,
+) -> Result<(), SyncError> {
+    let needed: Vec<Permission> = permissions(plan, live, options).into_iter().collect();
+    let answers: Vec<Result<bool, ClusterError>> = stream::iter(&needed)
+        .map(|(verb, api_version, kind, subresource, namespace)| {
+            cluster.may(verb, api_version, kind, *subresource, namespace)
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut denied = Vec::new();
+    for ((verb, api_version, kind, subresource, namespace), allowed) in needed.iter().zip(answers) {
+        if !allowed? {
+            let what = match subresource {
+                Some(sub) => format!("{kind}/{sub}"),
+                None => kind.clone(),
+            };
+            let place = if namespace.is_empty() {
+                String::new()
+            } else {
+                format!(" in namespace \"{namespace}\"")
+            };
+            denied.push(format!("{verb} {what} ({api_version}){place}"));
+        }
+    }
+    if denied.is_empty() {
+        Ok(())
+    } else {
+        Err(SyncError::Forbidden {
+            endpoint: cluster.endpoint().clone(),
+            denied,
+        })
+    }
+}
+
 /// [`execute`], reporting each object to `progress`.
 pub async fn execute_with(
     cluster: &Cluster,
@@ -215,31 +399,39 @@ pub async fn execute_with(
             count: live.inventory.len(),
         });
     }
+    let conflicts: Vec<(ObjectRef, String)> = plan
+        .changes
+        .iter()
+        .filter(|c| c.action == Action::Conflict)
+        .map(|c| {
+            let owner = live.objects.get(&c.object).and_then(|v| {
+                v["metadata"]["labels"][SOURCE_LABEL]
+                    .as_str()
+                    .map(str::to_owned)
+            });
+            (c.object.clone(), owner.unwrap_or_default())
+        })
+        .collect();
+    if !conflicts.is_empty() && !options.take_over {
+        return Err(SyncError::Conflict { conflicts });
+    }
+    preflight(cluster, plan, live, options).await?;
     let actions: BTreeMap<&ObjectRef, Action> =
         plan.changes.iter().map(|c| (&c.object, c.action)).collect();
-    let mut uids: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    let mut owners: Owners = BTreeMap::new();
     let mut fingerprints: BTreeMap<ObjectRef, Option<String>> = BTreeMap::new();
     let mut report = Report::default();
     let phases: BTreeSet<u8> = desired.iter().map(|o| o.phase).collect();
     for phase in phases {
-        let mut batch = Vec::new();
-        for object in desired.iter().filter(|o| o.phase == phase) {
-            let reference = ObjectRef::of(&object.value);
-            let action = actions.get(&reference).copied().unwrap_or(Action::Create);
-            let mut value = object.value.clone();
-            if let Some((kind, name)) = owner_of(&value) {
-                if let Some(uid) =
-                    uids.get(&(object.namespace().to_owned(), kind.clone(), name.clone()))
-                {
-                    value["metadata"]["ownerReferences"] = json!([{
-                        "apiVersion": crate::model::FUNCTION_MESH_API_VERSION,
-                        "kind": kind, "name": name, "uid": uid,
-                        "controller": true, "blockOwnerDeletion": true,
-                    }]);
-                }
-            }
-            batch.push((reference, action, value));
-        }
+        let batch: Vec<(ObjectRef, Action, Value)> = desired
+            .iter()
+            .filter(|o| o.phase == phase)
+            .map(|object| {
+                let reference = ObjectRef::of(&object.value);
+                let action = actions.get(&reference).copied().unwrap_or(Action::Create);
+                (reference, action, with_owner(&object.value, &owners))
+            })
+            .collect();
         let results: Vec<Result<(ObjectRef, Value), ClusterError>> = stream::iter(batch)
             .map(|(reference, action, value)| {
                 let current = live.objects.get(&reference).cloned();
@@ -260,15 +452,10 @@ pub async fn execute_with(
             .await;
         for result in results {
             let (reference, applied) = result?;
-            if let Some(uid) = applied["metadata"]["uid"].as_str() {
-                uids.insert(
-                    (
-                        reference.namespace.clone(),
-                        reference.kind.clone(),
-                        reference.name.clone(),
-                    ),
-                    uid.to_owned(),
-                );
+            if let (Some(key), Some(uid)) =
+                (owner_key(&applied), applied["metadata"]["uid"].as_str())
+            {
+                owners.insert(key, uid.to_owned());
             }
             let action = actions.get(&reference).copied().unwrap_or(Action::Create);
             if action != Action::Unchanged {
@@ -328,17 +515,46 @@ pub async fn execute_with(
     Ok(report)
 }
 
-/// Writes status on every Function/Source/Sink meshops runs itself (native mode: the CR is
-/// marked unmanaged for the operator), from its StatefulSet.
+/// The StatefulSets whose rollout an apply of `plan` waits for: every written StatefulSet and
+/// the workload of every written Function, Source and Sink (in operator mode the operator
+/// makes it).
+pub fn rollouts(plan: &Plan) -> Vec<ObjectRef> {
+    let mut out = BTreeSet::new();
+    for change in plan.changes.iter().filter(|c| c.action.writes()) {
+        let o = &change.object;
+        let component = match o.kind.as_str() {
+            "StatefulSet" if change.action != Action::Delete => {
+                out.insert(o.clone());
+                continue;
+            }
+            "Function" => "function",
+            "Source" => "source",
+            "Sink" => "sink",
+            _ => continue,
+        };
+        if change.action != Action::Delete {
+            out.insert(ObjectRef {
+                api_version: "apps/v1".into(),
+                kind: "StatefulSet".into(),
+                namespace: o.namespace.clone(),
+                name: format!("{}-{component}", o.name),
+            });
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// Writes status on the Functions, Sources and Sinks meshops runs itself (native mode: the
+/// CR is marked unmanaged for the operator) whose CR or workload this apply wrote, from the
+/// StatefulSet as it is now.
 pub async fn write_status(
     cluster: &Cluster,
     desired: &[Object],
+    plan: &Plan,
     revision: &str,
+    now: &str,
 ) -> Result<usize, ClusterError> {
-    let now = jiff::Timestamp::now()
-        .round(jiff::Unit::Second)
-        .map(|t| t.to_string())
-        .unwrap_or_default();
+    let touched = rollouts(plan);
     let mut written = 0;
     for object in desired {
         let component = match object.kind() {
@@ -351,17 +567,20 @@ pub async fn write_status(
             continue;
         }
         let cr = ObjectRef::of(&object.value);
-        let Some(live_cr) = cluster.get(&cr).await? else {
-            continue;
-        };
         let statefulset = ObjectRef {
             api_version: "apps/v1".into(),
             kind: "StatefulSet".into(),
             namespace: cr.namespace.clone(),
             name: format!("{}-{component}", cr.name),
         };
+        if !touched.contains(&statefulset) {
+            continue;
+        }
+        let Some(live_cr) = cluster.get(&cr).await? else {
+            continue;
+        };
         let live_sts = cluster.get(&statefulset).await?;
-        let status = super::rollout::cr_status(&live_cr, live_sts.as_ref(), revision, &now);
+        let status = super::rollout::cr_status(&live_cr, live_sts.as_ref(), revision, now);
         retrying(|| cluster.apply_status(&status)).await?;
         written += 1;
     }

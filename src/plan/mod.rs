@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use similar::TextDiff;
 
-use crate::render::{sorted, Object, SPEC_HASH};
+use crate::render::{sorted, Object, SOURCE_LABEL, SPEC_HASH};
 
 /// The field manager meshops applies with.
 pub const FIELD_MANAGER: &str = "meshops";
@@ -65,10 +65,47 @@ pub struct InventoryEntry {
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     Create,
+    /// The object exists without meshops' labels (made by hand or by the Function Mesh
+    /// operator): applying takes it over.
+    Adopt,
     Update,
     Recreate,
     Delete,
+    /// The object belongs to another source: apply refuses unless told to take it over.
+    Conflict,
     Unchanged,
+}
+
+impl Action {
+    /// How `plan` marks the action, terraform-style.
+    pub fn sign(self) -> &'static str {
+        match self {
+            Action::Create => "+",
+            Action::Adopt => "+~",
+            Action::Update => "~",
+            Action::Recreate => "-/+",
+            Action::Delete => "-",
+            Action::Conflict => "!",
+            Action::Unchanged => " ",
+        }
+    }
+
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Adopt => "adopt",
+            Action::Update => "update",
+            Action::Recreate => "recreate",
+            Action::Delete => "delete",
+            Action::Conflict => "conflict",
+            Action::Unchanged => "keep",
+        }
+    }
+
+    /// Whether executing the plan writes the object.
+    pub fn writes(self) -> bool {
+        !matches!(self, Action::Unchanged | Action::Conflict)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -93,13 +130,23 @@ impl Plan {
         self.changes.iter().any(|c| c.action != Action::Unchanged)
     }
 
-    /// `Plan: 2 to create, 1 to change, 1 to recreate, 0 to delete.`
+    /// `Plan: 2 to create, 1 to change, 1 to recreate, 0 to delete.`, with adoptions and
+    /// conflicts named when there are any.
     pub fn summary(&self) -> String {
         if !self.has_changes() {
             return "No changes. The cluster matches the repository.".into();
         }
+        let adopt = match self.count(Action::Adopt) {
+            0 => String::new(),
+            n => format!("{n} to adopt, "),
+        };
+        let conflicts = match self.count(Action::Conflict) {
+            0 => String::new(),
+            1 => " 1 object belongs to another source.".into(),
+            n => format!(" {n} objects belong to another source."),
+        };
         format!(
-            "Plan: {} to create, {} to change, {} to recreate, {} to delete.",
+            "Plan: {} to create, {adopt}{} to change, {} to recreate, {} to delete.{conflicts}",
             self.count(Action::Create),
             self.count(Action::Update),
             self.count(Action::Recreate),
@@ -172,7 +219,7 @@ pub fn foreign_fields(live: &Value) -> Vec<String> {
     out
 }
 
-/// Other managers that updated the object, for the reason of a drift.
+/// Other managers that wrote the object, for the reason of a drift or an adoption.
 fn foreign_writers(live: &Value) -> Vec<String> {
     let writers: BTreeSet<String> = live["metadata"]["managedFields"]
         .as_array()
@@ -182,6 +229,42 @@ fn foreign_writers(live: &Value) -> Vec<String> {
         .filter_map(|m| m["manager"].as_str().map(str::to_owned))
         .collect();
     writers.into_iter().collect()
+}
+
+/// `kubectl-edit (spec.template.spec.containers[name=pulsar-function].image)`: who changed
+/// what, at most a few fields each.
+fn drift_reason(live: &Value) -> String {
+    const SHOWN: usize = 4;
+    let mut by_manager: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for entry in live["metadata"]["managedFields"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["manager"] != FIELD_MANAGER && m.get("subresource").is_none())
+    {
+        let manager = entry["manager"].as_str().unwrap_or("unknown").to_owned();
+        let fields = foreign_fields(&serde_json::json!({"metadata": {"managedFields": [entry]}}));
+        by_manager.entry(manager).or_default().extend(fields);
+    }
+    let parts: Vec<String> = by_manager
+        .into_iter()
+        .map(|(manager, fields)| {
+            if fields.is_empty() {
+                return manager;
+            }
+            let more = fields.len().saturating_sub(SHOWN);
+            let mut shown = fields[..fields.len().min(SHOWN)].join(", ");
+            if more > 0 {
+                shown.push_str(&format!(", {more} more"));
+            }
+            format!("{manager} ({shown})")
+        })
+        .collect();
+    if parts.is_empty() {
+        "changed in the cluster: fields meshops applied were modified or removed".into()
+    } else {
+        format!("changed in the cluster by {}", parts.join("; "))
+    }
 }
 
 /// StatefulSet fields the API server refuses to change (fixture 12): a change is a recreate.
@@ -225,6 +308,33 @@ pub fn plan(
             });
             continue;
         };
+        let owner = current["metadata"]["labels"][SOURCE_LABEL].as_str();
+        let ours = object.value["metadata"]["labels"][SOURCE_LABEL].as_str();
+        if owner.is_some() && owner != ours {
+            changes.push(Change {
+                object: reference,
+                action: Action::Conflict,
+                reason: format!(
+                    "belongs to source \"{}\" ({SOURCE_LABEL}); apply refuses unless told to take it over",
+                    owner.unwrap_or_default()
+                ),
+            });
+            continue;
+        }
+        if owner.is_none() && !recorded.contains_key(&reference) {
+            let writers = foreign_writers(current);
+            let by = if writers.is_empty() {
+                String::new()
+            } else {
+                format!(", written by {}", writers.join(", "))
+            };
+            changes.push(Change {
+                object: reference,
+                action: Action::Adopt,
+                reason: format!("exists without meshops' labels{by}: apply adopts it"),
+            });
+            continue;
+        }
         let desired_hash = object.value["metadata"]["annotations"][SPEC_HASH].as_str();
         let live_hash = current["metadata"]["annotations"][SPEC_HASH].as_str();
         let (action, reason) = if desired_hash != live_hash {
@@ -238,13 +348,7 @@ pub fn plan(
         } else {
             match recorded.get(&reference).copied().flatten() {
                 Some(expected) if fingerprint(current).as_ref() != Some(expected) => {
-                    let writers = foreign_writers(current);
-                    let by = if writers.is_empty() {
-                        String::new()
-                    } else {
-                        format!(" by {}", writers.join(", "))
-                    };
-                    (Action::Update, format!("changed in the cluster{by}: fields meshops applied were modified or removed"))
+                    (Action::Update, drift_reason(current))
                 }
                 _ => (Action::Unchanged, "in sync".to_owned()),
             }
@@ -472,14 +576,12 @@ pub fn text(plan: &Plan, diffs: &BTreeMap<ObjectRef, String>) -> String {
         .iter()
         .filter(|c| c.action != Action::Unchanged)
     {
-        let sign = match change.action {
-            Action::Create => "+",
-            Action::Update => "~",
-            Action::Recreate => "-/+",
-            Action::Delete => "-",
-            Action::Unchanged => " ",
-        };
-        out.push_str(&format!("{sign} {} ({})\n", change.object, change.reason));
+        out.push_str(&format!(
+            "{} {} ({})\n",
+            change.action.sign(),
+            change.object,
+            change.reason
+        ));
         if let Some(diff) = diffs.get(&change.object).filter(|d| !d.is_empty()) {
             out.push_str(diff);
             if !diff.ends_with('\n') {
@@ -501,13 +603,7 @@ pub fn markdown(plan: &Plan, diffs: &BTreeMap<ObjectRef, String>) -> String {
         .iter()
         .filter(|c| c.action != Action::Unchanged)
     {
-        let verb = match change.action {
-            Action::Create => "create",
-            Action::Update => "update",
-            Action::Recreate => "recreate",
-            Action::Delete => "delete",
-            Action::Unchanged => "keep",
-        };
+        let verb = change.action.verb();
         let o = &change.object;
         out.push_str(&format!(
             "\n<details><summary>{verb} <code>{}/{}</code> in <code>{}</code> — {}</summary>\n\n",

@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 
 /// (group/version, plural, kind) the double serves, with the CRDs optional.
 const BUILTIN: &[(&str, &str, &str)] = &[
+    ("v1", "namespaces", "Namespace"),
+    ("v1", "pods", "Pod"),
     ("v1", "configmaps", "ConfigMap"),
     ("v1", "secrets", "Secret"),
     ("v1", "serviceaccounts", "ServiceAccount"),
@@ -62,6 +64,8 @@ pub struct State {
     next_version: u64,
     /// Refused deletes, by object name.
     pub refuse_delete: BTreeSet<String>,
+    /// What RBAC denies, as "verb plural" (`patch statefulsets`).
+    pub denied: BTreeSet<String>,
 }
 
 #[derive(Clone, Default)]
@@ -257,6 +261,32 @@ impl FakeApiServer {
         let path = parts.uri.path().to_owned();
         let body = body.collect_bytes().await.unwrap_or_default();
         let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        match (parts.method.as_str(), segments.as_slice()) {
+            // RBAC allows everything except what a test denies.
+            ("POST", ["apis", "authorization.k8s.io", "v1", "selfsubjectaccessreviews"]) => {
+                let mut review: Value = serde_json::from_slice(&body).unwrap();
+                let attributes = &review["spec"]["resourceAttributes"];
+                let asked = format!(
+                    "{} {}",
+                    attributes["verb"].as_str().unwrap(),
+                    attributes["resource"].as_str().unwrap()
+                );
+                let allowed = !self.0.lock().unwrap().denied.contains(&asked);
+                review["status"] = json!({"allowed": allowed});
+                return json_response(201, &review);
+            }
+            ("GET", ["api", "v1", "namespaces", name]) => {
+                return if self.0.lock().unwrap().namespaces.contains(*name) {
+                    json_response(
+                        200,
+                        &json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}}),
+                    )
+                } else {
+                    status(404, "NotFound", &format!("namespaces \"{name}\" not found"))
+                };
+            }
+            _ => {}
+        }
         // /api/v1/... or /apis/<group>/<version>/...
         let (gv, rest) = match segments.as_slice() {
             ["api", "v1", rest @ ..] => ("v1".to_owned(), rest.to_vec()),
@@ -274,7 +304,7 @@ impl FakeApiServer {
         if rest.is_empty() {
             let resources: Vec<Value> = served
                 .iter()
-                .map(|(_, plural, kind)| json!({"name": plural, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}))
+                .map(|(_, plural, kind)| json!({"name": plural, "singularName": kind.to_lowercase(), "namespaced": *kind != "Namespace", "kind": kind, "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}))
                 .collect();
             return json_response(
                 200,
