@@ -250,3 +250,55 @@ fn render_prints_a_yaml_stream_and_nothing_when_invalid() {
     assert!(bad.stdout.is_empty(), "nothing on stdout when invalid");
     assert!(String::from_utf8_lossy(&bad.stderr).contains("replicas-above-max"));
 }
+
+#[test]
+fn a_document_with_schema_errors_still_has_its_name_and_rules_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "fn.yaml",
+        "apiVersion: compute.functionmesh.io/v1alpha1
+kind: Function
+metadata:
+  name: Bad_Name
+spec:
+  replica: 1
+  processingGuarantee: bogus
+  className: io.example.Fn
+  input: {topics: [persistent://public/default/in]}
+  pulsar: {pulsarConfig: pulsar}
+  java: {jar: /pulsar/fn.jar}
+  replicas: 3
+  maxReplicas: 2
+",
+    );
+    let out = meshops(&["validate", "--format", "json", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut found: Vec<(String, String)> = report["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|d| d["severity"] == "error")
+        .map(|d| {
+            (
+                d["code"].as_str().unwrap().to_owned(),
+                d["pointer"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("name-invalid".to_owned(), "/metadata/name".to_owned()),
+            (
+                "replicas-above-max".to_owned(),
+                "/spec/maxReplicas".to_owned()
+            ),
+            ("schema".to_owned(), "/spec/processingGuarantee".to_owned()),
+            ("unknown-field".to_owned(), "/spec/replica".to_owned()),
+        ],
+        "{report:#}"
+    );
+}

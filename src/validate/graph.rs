@@ -129,6 +129,37 @@ pub fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
+/// The `name-invalid` error when `name` is not what Kubernetes accepts for `kind`.
+fn name_finding(kind: Kind, name: &str) -> Option<Finding> {
+    let component = matches!(
+        kind,
+        Kind::Function | Kind::Source | Kind::Sink | Kind::FunctionMesh
+    );
+    let (ok, rule) = if component {
+        (
+            is_dns_label(name),
+            "an RFC 1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)",
+        )
+    } else {
+        (is_dns_subdomain(name), "an RFC 1123 subdomain")
+    };
+    (!ok).then(|| Finding {
+        severity: Severity::Error,
+        code: "name-invalid",
+        pointer: "/metadata/name".into(),
+        message: format!("name \"{name}\" must be {rule}"),
+        notes: Vec::new(),
+    })
+}
+
+/// The name check of a document too broken for the typed model, from its raw value.
+pub fn raw_name_finding(kind: Kind, value: &serde_json::Value) -> Option<Finding> {
+    if kind == Kind::Settings {
+        return None;
+    }
+    name_finding(kind, value.pointer("/metadata/name")?.as_str()?)
+}
+
 /// Name syntax and length, and uniqueness per kind and namespace across the repository.
 /// `describe` says where a document is, for the "first defined at" note.
 pub fn check_names(
@@ -141,27 +172,11 @@ pub fn check_names(
         .iter()
         .filter(|c| c.manifest.kind() != Kind::Settings)
     {
-        let name = c.manifest.name();
-        let kind = c.manifest.kind();
-        let ok = match kind {
-            Kind::Function | Kind::Source | Kind::Sink | Kind::FunctionMesh => is_dns_label(name),
-            _ => is_dns_subdomain(name),
-        };
-        if !ok {
-            let rule = if matches!(
-                kind,
-                Kind::Function | Kind::Source | Kind::Sink | Kind::FunctionMesh
-            ) {
-                "an RFC 1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)"
-            } else {
-                "an RFC 1123 subdomain"
-            };
-            out.push(error(
-                c.document,
-                "name-invalid",
-                "/metadata/name".into(),
-                format!("name \"{name}\" must be {rule}"),
-            ));
+        if let Some(finding) = name_finding(c.manifest.kind(), c.manifest.name()) {
+            out.push(Located {
+                document: c.document,
+                finding,
+            });
         }
     }
     for unit in units {

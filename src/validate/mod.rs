@@ -1,9 +1,12 @@
 //! Schema, semantic and graph checks → diagnostics, every problem at once.
 //!
 //! Order per document: JSON Schema (structure), then the typed model, then the operator's
-//! admission rules; a document that fails an earlier stage is not checked further (its later
-//! errors would only echo the first). Then the checks across documents: names, topics,
-//! references. The result keeps the typed manifests so that later stages need not parse again.
+//! admission rules. A document with schema errors is still judged as far as it can be: the
+//! offending fields are taken out, and if the rest still makes a typed manifest, its name and
+//! every admission rule not about a removed field are checked too (a rule about a removed
+//! field would only echo the schema error). Then the checks across documents: names, topics,
+//! references. The result keeps the typed manifests so that later stages need not parse again;
+//! a repaired document is never among them.
 
 mod graph;
 pub mod report;
@@ -114,31 +117,48 @@ impl Validation {
 pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Validation {
     let mut located: Vec<Located> = Vec::new();
     let mut checked = Vec::new();
+    // Documents with schema errors that still make a manifest once the offending fields are
+    // out, and those fields' pointers.
+    let mut repaired: Vec<(Checked, Vec<String>)> = Vec::new();
     for (index, document) in tree.documents.iter().enumerate() {
         let mut value = document.value.clone();
         model::drop_nulls(&mut value);
         let findings = schemas.check(document.kind, &value);
-        let has_errors = findings.iter().any(|f| f.severity == Severity::Error);
+        let removed: Vec<String> = findings
+            .iter()
+            .filter(|f| f.severity == Severity::Error)
+            .map(|f| f.pointer.clone())
+            .collect();
+        // Ignored legacy fields are dropped so the typed model (which rejects unknown fields)
+        // sees what the operator sees; invalid ones so the rest can still be judged.
         for finding in &findings {
-            // Ignored legacy fields are dropped so the typed model (which rejects unknown
-            // fields) sees what the operator sees.
-            if finding.severity == Severity::Warning {
-                remove_pointer(&mut value, &finding.pointer);
-            }
+            remove_pointer(&mut value, &finding.pointer);
         }
         located.extend(findings.into_iter().map(|finding| Located {
             document: index,
             finding,
         }));
-        if has_errors {
-            continue;
-        }
         model::floats_as_quantities(&mut value);
         match Manifest::from_value(document.kind, value) {
-            Ok(manifest) => checked.push(Checked {
+            Ok(manifest) if removed.is_empty() => checked.push(Checked {
                 document: index,
                 manifest,
             }),
+            Ok(manifest) => repaired.push((
+                Checked {
+                    document: index,
+                    manifest,
+                },
+                removed,
+            )),
+            Err(_) if !removed.is_empty() => {
+                if let Some(finding) = graph::raw_name_finding(document.kind, &document.value) {
+                    located.push(Located {
+                        document: index,
+                        finding,
+                    });
+                }
+            }
             Err(err) => located.push(Located {
                 document: index,
                 finding: Finding {
@@ -151,10 +171,24 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
             }),
         }
     }
-    let units = graph::units(&checked);
+    let judged: Vec<Checked> = checked
+        .iter()
+        .cloned()
+        .chain(repaired.iter().map(|(c, _)| c.clone()))
+        .collect();
+    let removed_in = |document: usize| {
+        repaired
+            .iter()
+            .find(|(c, _)| c.document == document)
+            .map(|(_, removed)| removed.as_slice())
+            .unwrap_or_default()
+    };
+    let units = graph::units(&judged);
     for unit in &units {
         let mut findings = Vec::new();
         rules::check_component(unit.component, &unit.base, &mut findings);
+        let removed = removed_in(unit.document);
+        findings.retain(|f| !removed.iter().any(|r| related(&f.pointer, r)));
         located.extend(findings.into_iter().map(|finding| Located {
             document: unit.document,
             finding,
@@ -168,9 +202,11 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
             doc.position(pointer)
         )
     };
-    located.extend(graph::check_names(&checked, &units, &describe));
-    located.extend(graph::check_topics(&units));
-    located.extend(graph::check_references(&checked, &units));
+    located.extend(graph::check_names(&judged, &units, &describe));
+    // Topics and references of a repaired document would be judged on what is left of it.
+    let whole = graph::units(&checked);
+    located.extend(graph::check_topics(&whole));
+    located.extend(graph::check_references(&checked, &whole));
 
     let mut diagnostics: Vec<Diagnostic> = tree
         .problems
@@ -240,6 +276,14 @@ fn place(tree: &Tree, located: Located) -> Diagnostic {
         source_line,
         notes: located.finding.notes,
     }
+}
+
+/// One pointer is the other or contains it: a finding there is about the same field.
+fn related(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        inner == outer || (inner.starts_with(outer) && inner[outer.len()..].starts_with('/'))
+    };
+    within(a, b) || within(b, a)
 }
 
 fn remove_pointer(value: &mut serde_json::Value, pointer: &str) {

@@ -384,6 +384,7 @@ fn check_processing(component: Component<'_>, common: &CommonFields<'_>, c: &mut
         ),
         Component::Source(_) => return,
     };
+    let retries_set = retries.is_some();
     let retries = retries.unwrap_or(0);
     if effectively_once && timeout.is_some_and(|t| t != 0) {
         c.error(
@@ -400,9 +401,16 @@ fn check_processing(component: Component<'_>, common: &CommonFields<'_>, c: &mut
         );
     }
     if retries <= 0 && dlq.is_some_and(|d| !d.is_empty()) {
+        // Point at the field the user wrote: maxMessageRetry when it is there (as 0), else
+        // deadLetterTopic, whose companion is missing.
+        let pointer = if retries_set {
+            "/maxMessageRetry"
+        } else {
+            "/deadLetterTopic"
+        };
         c.error(
             "dead-letter-without-retry",
-            "/maxMessageRetry",
+            pointer,
             "deadLetterTopic is set but maxMessageRetry is not positive (retries are infinite)",
         );
     }
