@@ -183,16 +183,24 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
             .map(|(_, removed)| removed.as_slice())
             .unwrap_or_default()
     };
+    let echoes = |l: &Located| {
+        removed_in(l.document)
+            .iter()
+            .any(|r| related(&l.finding.pointer, r))
+    };
     let units = graph::units(&judged);
     for unit in &units {
         let mut findings = Vec::new();
         rules::check_component(unit.component, &unit.base, &mut findings);
-        let removed = removed_in(unit.document);
-        findings.retain(|f| !removed.iter().any(|r| related(&f.pointer, r)));
-        located.extend(findings.into_iter().map(|finding| Located {
-            document: unit.document,
-            finding,
-        }));
+        located.extend(
+            findings
+                .into_iter()
+                .map(|finding| Located {
+                    document: unit.document,
+                    finding,
+                })
+                .filter(|l| !echoes(l)),
+        );
     }
     let describe = |document: usize, pointer: &str| {
         let doc = &tree.documents[document];
@@ -202,7 +210,11 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
             doc.position(pointer)
         )
     };
-    located.extend(graph::check_names(&judged, &units, &describe));
+    located.extend(
+        graph::check_names(&judged, &units, &describe)
+            .into_iter()
+            .filter(|l| !echoes(l)),
+    );
     // Topics and references of a repaired document would be judged on what is left of it.
     let whole = graph::units(&checked);
     located.extend(graph::check_topics(&whole));
