@@ -450,6 +450,7 @@ impl sync::Progress for ApplyProgress {
             crate::plan::Action::Recreate => "recreated",
             crate::plan::Action::Delete => "deleted",
             crate::plan::Action::Conflict => "taken over",
+            crate::plan::Action::Keep => "kept",
             crate::plan::Action::Unchanged => "unchanged",
         };
         match &self.0 {

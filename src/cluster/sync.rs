@@ -196,7 +196,7 @@ pub async fn diffs(
     for change in &plan.changes {
         let current = live.objects.get(&change.object);
         let text = match change.action {
-            Action::Unchanged => continue,
+            Action::Unchanged | Action::Keep => continue,
             Action::Delete => plan::diff(current, None),
             Action::Recreate => {
                 let target = by_ref.get(&change.object).map(|v| with_owner(v, &owners));
@@ -321,7 +321,7 @@ fn permissions(plan: &Plan, live: &Live, options: &SyncOptions) -> BTreeSet<Perm
             Action::Adopt | Action::Update | Action::Conflict => &["patch"],
             Action::Recreate => &["delete", "create", "patch"],
             Action::Delete if options.prune => &["delete"],
-            Action::Delete | Action::Unchanged => &[],
+            Action::Delete | Action::Unchanged | Action::Keep => &[],
         };
         for verb in verbs {
             add(verb, o, None);
@@ -485,12 +485,15 @@ pub async fn execute_with(
             }
         }
     }
-    // Removed objects that were not pruned stay ours until they are.
+    // Removed objects that were not pruned stay ours until they are; one kept by its
+    // `meshops.io/prune: disabled` annotation is let go.
     let desired_refs: BTreeSet<ObjectRef> = fingerprints.keys().cloned().collect();
     for entry in &live.inventory {
         let pruned = report.deleted.contains(&entry.object);
+        let let_go = actions.get(&entry.object) == Some(&Action::Keep);
         if !desired_refs.contains(&entry.object)
             && !pruned
+            && !let_go
             && !kept.iter().any(|k| k.object == entry.object)
         {
             kept.push(entry.clone());

@@ -73,6 +73,8 @@ pub enum Action {
     Delete,
     /// The object belongs to another source: apply refuses unless told to take it over.
     Conflict,
+    /// Removed from the repository but annotated `meshops.io/prune: disabled`: left alone.
+    Keep,
     Unchanged,
 }
 
@@ -86,6 +88,7 @@ impl Action {
             Action::Recreate => "-/+",
             Action::Delete => "-",
             Action::Conflict => "!",
+            Action::Keep => "=",
             Action::Unchanged => " ",
         }
     }
@@ -98,13 +101,14 @@ impl Action {
             Action::Recreate => "recreate",
             Action::Delete => "delete",
             Action::Conflict => "conflict",
-            Action::Unchanged => "keep",
+            Action::Keep => "keep",
+            Action::Unchanged => "unchanged",
         }
     }
 
     /// Whether executing the plan writes the object.
     pub fn writes(self) -> bool {
-        !matches!(self, Action::Unchanged | Action::Conflict)
+        !matches!(self, Action::Unchanged | Action::Conflict | Action::Keep)
     }
 }
 
@@ -126,8 +130,11 @@ impl Plan {
         self.changes.iter().filter(|c| c.action == action).count()
     }
 
+    /// Whether anything differs; a kept object (prune disabled) is not a difference.
     pub fn has_changes(&self) -> bool {
-        self.changes.iter().any(|c| c.action != Action::Unchanged)
+        self.changes
+            .iter()
+            .any(|c| !matches!(c.action, Action::Unchanged | Action::Keep))
     }
 
     /// `Plan: 2 to create, 1 to change, 1 to recreate, 0 to delete.`, with adoptions and
@@ -368,7 +375,7 @@ pub fn plan(
             Some(Change {
                 object: e.object.clone(),
                 action: if keep {
-                    Action::Unchanged
+                    Action::Keep
                 } else {
                     Action::Delete
                 },
@@ -545,7 +552,7 @@ mod tests {
             .collect();
         assert_eq!(
             actions,
-            [("keep", Action::Unchanged), ("old", Action::Delete)]
+            [("keep", Action::Keep), ("old", Action::Delete)]
         );
         assert_eq!(result.count(Action::Delete), 1);
     }

@@ -90,7 +90,7 @@ fn spawn(dir: &Path, name: &'static str, args: &[String], log: &Path) -> Result<
     let err = out
         .try_clone()
         .map_err(|e| format!("{}: {e}", log.display()))?;
-    Command::new(binary)
+    Command::new(&binary)
         .args(args)
         .stdin(Stdio::null())
         .stdout(out)

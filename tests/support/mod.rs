@@ -5,6 +5,8 @@
 //! CRD that is not installed, 422 on an immutable StatefulSet change, DELETE.
 #![allow(dead_code)]
 
+pub mod control_plane;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
