@@ -643,8 +643,12 @@ async fn e2e_against_a_real_api_server() {
         }
         let reader = plane.kubeconfig_with_token("reader", &plane.unprivileged_token);
         edit(&repo.join("staging/alerts.yaml"), "alerts:2.0.1", "alerts:2.0.2");
-        let out = meshops(&reader, &["plan", repo_arg, "--source", "examples", "--detailed-exitcode"]);
-        assert_eq!(out.code, 2, "reading is allowed: {out}");
+        // A server-side dry-run needs the same rights as the write it rehearses.
+        let out = meshops(&reader, &["plan", repo_arg, "--source", "examples"]);
+        assert_eq!(out.code, 1, "{out}");
+        assert!(out.stderr.contains("not allowed to dry-run apply "), "{out}");
+        assert!(out.stderr.contains("(HTTP 403): "), "{out}");
+        assert!(out.stderr.contains("User \"e2e-nobody\" cannot patch resource"), "{out}");
         let out = meshops(&reader, &["apply", repo_arg, "--source", "examples"]);
         assert_eq!(out.code, 1, "{out}");
         assert!(out.stderr.contains("nothing was applied: the cluster https://127.0.0.1:"), "{out}");
@@ -657,7 +661,7 @@ async fn e2e_against_a_real_api_server() {
             .unwrap()
             .unwrap();
         assert_eq!(function["spec"]["image"], image, "unchanged");
-        steps.done("read-only user: plan allowed, apply refused by RBAC before any write");
+        steps.done("read-only user: plan's dry-run 403 named; apply refused by RBAC before any write");
     } else {
         edit(&repo.join("staging/alerts.yaml"), "alerts:2.0.1", "alerts:2.0.2");
         eprintln!("e2e: the credential and RBAC steps need the suite's own control plane; not run against MESHOPS_E2E_KUBECONFIG");
