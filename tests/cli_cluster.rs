@@ -113,3 +113,70 @@ async fn a_missing_crd_is_a_clear_error() {
         "{err}"
     );
 }
+
+/// `meshops ARGS --kubeconfig` against `server`, off the async runtime.
+async fn run_against(
+    server: &FakeApiServer,
+    args: &[&str],
+) -> (Option<i32>, String, String, tempfile::TempDir) {
+    let url = server.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path())
+        .display()
+        .to_string();
+    let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    all.extend(["--kubeconfig".to_owned(), kubeconfig]);
+    let output = tokio::task::spawn_blocking(move || meshops(all))
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+        dir,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apply_wait_times_out_naming_each_statefulset_and_still_writes_status() {
+    // The double runs no controller: no StatefulSet ever rolls out.
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let args = ["apply", "examples/staging", "--wait", "--timeout", "1s"];
+    let (code, out, err, _dir) = run_against(&server, &args).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(err.contains("error: not rolled out after 1s: "), "{err}");
+    for name in [
+        "alerts-function",
+        "anomaly-scorer-function",
+        "notifier-function",
+    ] {
+        assert!(
+            err.contains(&format!("StatefulSet staging/{name} (")),
+            "{name}: {err}"
+        );
+    }
+    let alerts = server.find("Function", "alerts").unwrap();
+    assert_eq!(alerts["status"]["conditions"][1]["type"], "Ready");
+    assert_eq!(alerts["status"]["conditions"][1]["status"], "False");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn take_over_applies_what_another_source_owns() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let (code, _, err, _dir) =
+        run_against(&server, &["apply", "examples/staging", "--source", "other"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (code, out, err, _dir) = run_against(&server, &["apply", "examples/staging"]).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.contains("belongs to source \"other\""), "{out}");
+    assert!(
+        err.contains("nothing was applied: 25 objects belong to another source"),
+        "{err}"
+    );
+    let args = ["apply", "examples/staging", "--take-over"];
+    let (code, out, err, _dir) = run_against(&server, &args).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("Applied 25 objects"), "{out}");
+    let alerts = server.find("Function", "alerts").unwrap();
+    assert_eq!(alerts["metadata"]["labels"]["meshops.io/source"], "staging");
+}

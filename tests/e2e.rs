@@ -113,7 +113,10 @@ fn write_examples(dir: &Path, prefix: &str) {
                 .unwrap()
                 .replace("namespace: staging", &format!("namespace: {prefix}staging"))
                 .replace("namespace: prod", &format!("namespace: {prefix}prod"))
-                .replace("  authorizationPolicy:\n    enabled: false", "  authorizationPolicy:\n    enabled: true");
+                .replace(
+                    "  authorizationPolicy:\n    enabled: false",
+                    "  authorizationPolicy:\n    enabled: true",
+                );
             std::fs::write(dir.join(sub).join(path.file_name().unwrap()), text).unwrap();
         }
     }
@@ -129,7 +132,12 @@ fn render_dir(path: &Path, source: &str) -> Vec<Object> {
     let tree = Tree::load(path, &LoadOptions::default());
     let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
     assert!(validation.is_valid(), "{:#?}", validation.diagnostics);
-    render(&validation.checked, &settings_of(&validation.checked), source).unwrap()
+    render(
+        &validation.checked,
+        &settings_of(&validation.checked),
+        source,
+    )
+    .unwrap()
 }
 
 fn reference(api_version: &str, kind: &str, namespace: &str, name: &str) -> ObjectRef {
@@ -169,7 +177,11 @@ async fn assert_read_back(cluster: &Cluster, objects: &[Value]) -> usize {
     let mut lost = Vec::new();
     for object in objects {
         let reference = ObjectRef::of(object);
-        let live = cluster.get(&reference).await.unwrap().unwrap_or(Value::Null);
+        let live = cluster
+            .get(&reference)
+            .await
+            .unwrap()
+            .unwrap_or(Value::Null);
         for field in ["spec", "data", "stringData", "metadata"] {
             if let Some(want) = object.get(field) {
                 let mut want = want.clone();
@@ -180,18 +192,32 @@ async fn assert_read_back(cluster: &Cluster, objects: &[Value]) -> usize {
                     want = json!({"labels": want["labels"], "annotations": want["annotations"]});
                     want.as_object_mut().unwrap().retain(|_, v| !v.is_null());
                 }
-                missing(&want, &live[field], &format!("{reference} {field}"), &mut lost);
+                missing(
+                    &want,
+                    &live[field],
+                    &format!("{reference} {field}"),
+                    &mut lost,
+                );
             }
         }
     }
-    assert!(lost.is_empty(), "fields lost on the real server:\n{}", lost.join("\n"));
+    assert!(
+        lost.is_empty(),
+        "fields lost on the real server:\n{}",
+        lost.join("\n")
+    );
     objects.len()
 }
 
 async fn wait_established(cluster: &Cluster, names: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for name in names {
-        let crd = reference("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", name);
+        let crd = reference(
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            name,
+        );
         loop {
             let live = cluster.get(&crd).await.unwrap().unwrap();
             let established = live["status"]["conditions"]
@@ -277,9 +303,19 @@ async fn e2e_against_a_real_api_server() {
     if !crds_served {
         let out = run(with(&["apply", repo_arg]));
         assert_eq!(out.code, 1, "{out}");
-        assert!(out.stderr.contains("CustomResourceDefinition is not installed"), "{out}");
-        assert!(out.stderr.contains("compute.functionmesh.io/v1alpha1"), "{out}");
-        assert!(cluster.get(&inventory).await.unwrap().is_none(), "nothing applied");
+        assert!(
+            out.stderr
+                .contains("CustomResourceDefinition is not installed"),
+            "{out}"
+        );
+        assert!(
+            out.stderr.contains("compute.functionmesh.io/v1alpha1"),
+            "{out}"
+        );
+        assert!(
+            cluster.get(&inventory).await.unwrap().is_none(),
+            "nothing applied"
+        );
         steps.done("missing CRD named, nothing applied");
     }
 
@@ -310,13 +346,20 @@ async fn e2e_against_a_real_api_server() {
     let out = run(with(&["apply", repo_arg]));
     assert_eq!(out.code, 1, "{out}");
     assert!(
-        out.stderr.contains(&format!("namespace \"{prod}\" does not exist"))
-            || out.stderr.contains(&format!("namespace \"{staging}\" does not exist")),
+        out.stderr
+            .contains(&format!("namespace \"{prod}\" does not exist"))
+            || out
+                .stderr
+                .contains(&format!("namespace \"{staging}\" does not exist")),
         "{out}"
     );
-    assert!(cluster.get(&inventory).await.unwrap().is_none(), "nothing applied");
+    assert!(
+        cluster.get(&inventory).await.unwrap().is_none(),
+        "nothing applied"
+    );
     for namespace in [&staging, &prod, &format!("{prefix}samples")] {
-        let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        let object =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
         cluster.apply(&object, false).await.unwrap();
     }
     steps.done("missing namespace named, nothing applied");
@@ -326,12 +369,17 @@ async fn e2e_against_a_real_api_server() {
     assert_eq!(out.code, 2, "{out}");
     let desired = render_dir(&repo, "examples");
     assert!(
-        out.stdout.contains(&format!("Plan: {} to create, 0 to change", desired.len())),
+        out.stdout
+            .contains(&format!("Plan: {} to create, 0 to change", desired.len())),
         "{out}"
     );
     let out = run(with(&["apply", repo_arg, "--prune", "--revision", "rev-1"]));
     assert_eq!(out.code, 0, "{out}");
-    assert!(out.stdout.contains(&format!("Applied {} objects", desired.len())), "{out}");
+    assert!(
+        out.stdout
+            .contains(&format!("Applied {} objects", desired.len())),
+        "{out}"
+    );
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
     assert_eq!(out.code, 0, "{out}");
     assert!(out.stdout.contains("No changes"), "{out}");
@@ -383,7 +431,12 @@ async fn e2e_against_a_real_api_server() {
 
     // CR status written by apply.
     let alerts = cluster
-        .get(&reference(meshops::model::FUNCTION_MESH_API_VERSION, "Function", &staging, "alerts"))
+        .get(&reference(
+            meshops::model::FUNCTION_MESH_API_VERSION,
+            "Function",
+            &staging,
+            "alerts",
+        ))
         .await
         .unwrap()
         .unwrap();
@@ -392,8 +445,14 @@ async fn e2e_against_a_real_api_server() {
     assert_eq!(status["conditions"][0]["type"], "Synced");
     assert_eq!(status["conditions"][0]["status"], "True");
     assert_eq!(status["conditions"][1]["type"], "Ready");
-    assert_eq!(status["conditions"][1]["status"], "False", "no controller runs pods here");
-    assert!(status["selector"].as_str().unwrap().contains("compute.functionmesh.io/name=alerts"));
+    assert_eq!(
+        status["conditions"][1]["status"], "False",
+        "no controller runs pods here"
+    );
+    assert!(status["selector"]
+        .as_str()
+        .unwrap()
+        .contains("compute.functionmesh.io/name=alerts"));
     steps.done("CR status written (Synced, Ready=False without pods, selector, revision)");
 
     // A foreign edit as `kubectl edit` sends it (JSON merge patch) → named → restored.
@@ -413,14 +472,30 @@ async fn e2e_against_a_real_api_server() {
         .unwrap();
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
     assert_eq!(out.code, 2, "{out}");
-    assert!(out.stdout.contains("changed in the cluster by kubectl-edit ("), "{out}");
-    assert!(out.stdout.contains("spec.template.spec.containers"), "{out}");
-    assert!(out.stdout.contains(&format!("+        image: {image}")), "{out}");
-    assert!(!out.stdout.contains("-  ownerReferences:"), "apply keeps ownerReferences: {out}");
+    assert!(
+        out.stdout
+            .contains("changed in the cluster by kubectl-edit ("),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains("spec.template.spec.containers"),
+        "{out}"
+    );
+    assert!(
+        out.stdout.contains(&format!("+        image: {image}")),
+        "{out}"
+    );
+    assert!(
+        !out.stdout.contains("-  ownerReferences:"),
+        "apply keeps ownerReferences: {out}"
+    );
     let out = run(with(&["apply", repo_arg, "--revision", "rev-1"]));
     assert_eq!(out.code, 0, "{out}");
     let live = statefulsets.get("alerts-function").await.unwrap();
-    assert_eq!(live.data["spec"]["template"]["spec"]["containers"][0]["image"], image);
+    assert_eq!(
+        live.data["spec"]["template"]["spec"]["containers"][0]["image"],
+        image
+    );
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
     assert_eq!(out.code, 0, "{out}");
     steps.done("kubectl-edit merge patch: plan names manager and field, apply restores");
@@ -441,11 +516,18 @@ async fn e2e_against_a_real_api_server() {
         .unwrap();
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
     assert_eq!(out.code, 2, "{out}");
-    assert!(out.stdout.contains("changed in the cluster by sre-hotfix ("), "{out}");
+    assert!(
+        out.stdout
+            .contains("changed in the cluster by sre-hotfix ("),
+        "{out}"
+    );
     let out = run(with(&["apply", repo_arg, "--revision", "rev-1"]));
     assert_eq!(out.code, 0, "{out}");
     let live = statefulsets.get("alerts-function").await.unwrap();
-    assert_eq!(live.data["spec"]["template"]["spec"]["containers"][0]["image"], image);
+    assert_eq!(
+        live.data["spec"]["template"]["spec"]["containers"][0]["image"],
+        image
+    );
     steps.done("SSA by another manager: plan names it, apply takes the field back");
 
     // What an HPA does, through the scale subresource: no diff.
@@ -473,8 +555,16 @@ async fn e2e_against_a_real_api_server() {
     edit(&secret, "password: replace-me", "password: n3w-s3cr3t");
     let out = run(with(&["plan", repo_arg, "-o", "markdown"]));
     assert_eq!(out.code, 0, "{out}");
-    for value in ["replace-me", "n3w-s3cr3t", "cmVwbGFjZS1tZQ==", "bjN3LXMzY3IzdA=="] {
-        assert!(!out.stdout.contains(value) && !out.stderr.contains(value), "{value}: {out}");
+    for value in [
+        "replace-me",
+        "n3w-s3cr3t",
+        "cmVwbGFjZS1tZQ==",
+        "bjN3LXMzY3IzdA==",
+    ] {
+        assert!(
+            !out.stdout.contains(value) && !out.stderr.contains(value),
+            "{value}: {out}"
+        );
     }
     assert!(out.stdout.contains("****** (changed)"), "{out}");
     edit(&secret, "password: n3w-s3cr3t", "password: replace-me");
@@ -484,7 +574,9 @@ async fn e2e_against_a_real_api_server() {
     let mut changed = render_dir(&repo, "examples");
     let sts = changed
         .iter_mut()
-        .find(|o| o.kind() == "StatefulSet" && o.name() == "notifier-function" && o.namespace() == staging)
+        .find(|o| {
+            o.kind() == "StatefulSet" && o.name() == "notifier-function" && o.namespace() == staging
+        })
         .unwrap();
     sts.value["spec"]["serviceName"] = json!("notifier-function-renamed");
     sts.value["metadata"]["annotations"]["meshops.io/spec-hash"] = json!("changed");
@@ -502,17 +594,32 @@ async fn e2e_against_a_real_api_server() {
     let change = recreate
         .changes
         .iter()
-        .find(|c| c.object.kind == "StatefulSet" && c.object.name == "notifier-function" && c.object.namespace == staging)
+        .find(|c| {
+            c.object.kind == "StatefulSet"
+                && c.object.name == "notifier-function"
+                && c.object.namespace == staging
+        })
         .unwrap();
     assert_eq!(change.action, Action::Recreate, "{}", change.reason);
     assert!(change.reason.contains("/spec/serviceName"));
-    sync::execute(&cluster, &recreate, &changed, &live, &options).await.unwrap();
+    sync::execute(&cluster, &recreate, &changed, &live, &options)
+        .await
+        .unwrap();
     let after = statefulsets.get("notifier-function").await.unwrap();
-    assert_ne!(after.metadata.uid, before.metadata.uid, "deleted and created anew");
-    assert_eq!(after.data["spec"]["serviceName"], "notifier-function-renamed");
+    assert_ne!(
+        after.metadata.uid, before.metadata.uid,
+        "deleted and created anew"
+    );
+    assert_eq!(
+        after.data["spec"]["serviceName"],
+        "notifier-function-renamed"
+    );
     let out = run(with(&["apply", repo_arg, "--revision", "rev-4"]));
     assert_eq!(out.code, 0, "{out}");
-    assert!(out.stdout.contains("-/+ apps/v1/StatefulSet"), "back to the repository's serviceName: {out}");
+    assert!(
+        out.stdout.contains("-/+ apps/v1/StatefulSet"),
+        "back to the repository's serviceName: {out}"
+    );
     steps.done("immutable serviceName change planned and executed as delete + create");
 
     // Adopt: an object made by hand, without meshops' labels.
@@ -522,7 +629,11 @@ async fn e2e_against_a_real_api_server() {
         "data": {"threshold": "5"},
     });
     dynamic(&cluster, ("", "v1", "ConfigMap"), &staging)
-        .patch("alerts-extra", &PatchParams::apply("kubectl"), &Patch::Apply(&by_hand))
+        .patch(
+            "alerts-extra",
+            &PatchParams::apply("kubectl"),
+            &Patch::Apply(&by_hand),
+        )
         .await
         .unwrap();
     std::fs::write(
@@ -532,7 +643,11 @@ async fn e2e_against_a_real_api_server() {
     .unwrap();
     let out = run(with(&["plan", repo_arg]));
     assert!(out.stdout.contains("+~ v1/ConfigMap"), "{out}");
-    assert!(out.stdout.contains("exists without meshops' labels, written by kubectl"), "{out}");
+    assert!(
+        out.stdout
+            .contains("exists without meshops' labels, written by kubectl"),
+        "{out}"
+    );
     assert!(out.stdout.contains("1 to adopt"), "{out}");
     let out = run(with(&["apply", repo_arg, "--revision", "rev-5"]));
     assert_eq!(out.code, 0, "{out}");
@@ -542,30 +657,56 @@ async fn e2e_against_a_real_api_server() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(adopted["metadata"]["labels"]["meshops.io/source"], "examples");
+    assert_eq!(
+        adopted["metadata"]["labels"]["meshops.io/source"],
+        "examples"
+    );
     assert_eq!(adopted["data"]["threshold"], "7");
     steps.done("object made by hand: planned as adopt, applied, labelled");
 
     // Conflict: another source renders the same object.
     let other = work.path().join("other");
     std::fs::create_dir_all(&other).unwrap();
-    std::fs::copy(repo.join("staging/alerts-extra.yaml"), other.join("alerts-extra.yaml")).unwrap();
+    std::fs::copy(
+        repo.join("staging/alerts-extra.yaml"),
+        other.join("alerts-extra.yaml"),
+    )
+    .unwrap();
     let other_arg = other.to_str().unwrap();
     let out = meshops(kubeconfig, &["plan", other_arg, "--source", "other"]);
     assert!(out.stdout.contains("! v1/ConfigMap"), "{out}");
-    assert!(out.stdout.contains("belongs to source \"examples\""), "{out}");
+    assert!(
+        out.stdout.contains("belongs to source \"examples\""),
+        "{out}"
+    );
     let out = meshops(kubeconfig, &["apply", other_arg, "--source", "other"]);
     assert_eq!(out.code, 1, "{out}");
     assert!(out.stderr.contains("nothing was applied"), "{out}");
     assert!(out.stderr.contains("--take-over"), "{out}");
     let other_inventory = reference("v1", "ConfigMap", "default", "meshops-inventory-other");
-    assert!(cluster.get(&other_inventory).await.unwrap().is_none(), "nothing applied");
-    let out = meshops(kubeconfig, &["apply", other_arg, "--source", "other", "--take-over"]);
+    assert!(
+        cluster.get(&other_inventory).await.unwrap().is_none(),
+        "nothing applied"
+    );
+    let out = meshops(
+        kubeconfig,
+        &["apply", other_arg, "--source", "other", "--take-over"],
+    );
     assert_eq!(out.code, 0, "{out}");
     let out = run(with(&["plan", repo_arg]));
     assert!(out.stdout.contains("belongs to source \"other\""), "{out}");
     std::fs::remove_file(other.join("alerts-extra.yaml")).unwrap();
-    let out = meshops(kubeconfig, &["apply", other_arg, "--source", "other", "--prune", "--allow-empty"]);
+    let out = meshops(
+        kubeconfig,
+        &[
+            "apply",
+            other_arg,
+            "--source",
+            "other",
+            "--prune",
+            "--allow-empty",
+        ],
+    );
     assert_eq!(out.code, 0, "{out}");
     let out = run(with(&["apply", repo_arg, "--revision", "rev-5"]));
     assert_eq!(out.code, 0, "{out}");
@@ -600,9 +741,20 @@ async fn e2e_against_a_real_api_server() {
     let mut expected = vec![function.as_str(), statefulset.as_str(), policy.as_str()];
     expected.sort();
     assert_eq!(deleted, expected, "{out}");
-    assert!(out.stdout.contains("kept: meshops.io/prune: disabled"), "{out}");
-    assert!(services.get_opt("notifier-function-headless").await.unwrap().is_some());
-    assert!(statefulsets.get_opt("notifier-function").await.unwrap().is_none());
+    assert!(
+        out.stdout.contains("kept: meshops.io/prune: disabled"),
+        "{out}"
+    );
+    assert!(services
+        .get_opt("notifier-function-headless")
+        .await
+        .unwrap()
+        .is_some());
+    assert!(statefulsets
+        .get_opt("notifier-function")
+        .await
+        .unwrap()
+        .is_none());
     steps.done("notifier removed: exactly its Function, StatefulSet, AuthorizationPolicy pruned; Service with prune: disabled kept");
 
     // A wrong token and an unreachable server: clear errors, no log lines.
@@ -610,10 +762,26 @@ async fn e2e_against_a_real_api_server() {
         let wrong = plane.kubeconfig_with_token("wrong-token", "not-a-token");
         let out = meshops(&wrong, &["plan", repo_arg, "--source", "examples"]);
         assert_eq!(out.code, 1, "{out}");
-        assert!(out.stderr.starts_with("error: the API server https://127.0.0.1:"), "{out}");
-        assert!(out.stderr.contains("(context e2e) refused the credentials (HTTP 401 Unauthorized)"), "{out}");
-        assert_eq!(out.stderr.lines().count(), 1, "one line, no log lines: {out}");
-        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        assert!(
+            out.stderr
+                .starts_with("error: the API server https://127.0.0.1:"),
+            "{out}"
+        );
+        assert!(
+            out.stderr
+                .contains("(context e2e) refused the credentials (HTTP 401 Unauthorized)"),
+            "{out}"
+        );
+        assert_eq!(
+            out.stderr.lines().count(),
+            1,
+            "one line, no log lines: {out}"
+        );
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let unreachable = work.path().join("unreachable");
         std::fs::write(
             &unreachable,
@@ -622,11 +790,25 @@ async fn e2e_against_a_real_api_server() {
         .unwrap();
         let out = meshops(&unreachable, &["plan", repo_arg, "--source", "examples"]);
         assert_eq!(out.code, 1, "{out}");
-        assert!(out.stderr.contains(&format!("cannot reach the API server https://127.0.0.1:{closed} (context e2e)")), "{out}");
-        assert_eq!(out.stderr.matches("onnection refused").count(), 1, "the cause once: {out}");
+        assert!(
+            out.stderr.contains(&format!(
+                "cannot reach the API server https://127.0.0.1:{closed} (context e2e)"
+            )),
+            "{out}"
+        );
+        assert_eq!(
+            out.stderr.matches("onnection refused").count(),
+            1,
+            "the cause once: {out}"
+        );
         assert_eq!(out.stderr.lines().count(), 1, "{out}");
-        assert!(!out.stderr.contains("ERROR") && !out.stderr.contains("WARN"), "{out}");
-        steps.done("wrong token → 401 naming server and context; unreachable → cause once; no log lines");
+        assert!(
+            !out.stderr.contains("ERROR") && !out.stderr.contains("WARN"),
+            "{out}"
+        );
+        steps.done(
+            "wrong token → 401 naming server and context; unreachable → cause once; no log lines",
+        );
 
         // A user RBAC lets read but not write: plan works, apply refuses before any write.
         let rbac = [
@@ -642,47 +824,119 @@ async fn e2e_against_a_real_api_server() {
             cluster.apply(object, false).await.unwrap();
         }
         let reader = plane.kubeconfig_with_token("reader", &plane.unprivileged_token);
-        edit(&repo.join("staging/alerts.yaml"), "alerts:2.0.1", "alerts:2.0.2");
+        edit(
+            &repo.join("staging/alerts.yaml"),
+            "alerts:2.0.1",
+            "alerts:2.0.2",
+        );
         // A server-side dry-run needs the same rights as the write it rehearses.
         let out = meshops(&reader, &["plan", repo_arg, "--source", "examples"]);
         assert_eq!(out.code, 1, "{out}");
-        assert!(out.stderr.contains("not allowed to dry-run apply "), "{out}");
+        assert!(
+            out.stderr.contains("not allowed to dry-run apply "),
+            "{out}"
+        );
         assert!(out.stderr.contains("(HTTP 403): "), "{out}");
-        assert!(out.stderr.contains("User \"e2e-nobody\" cannot patch resource"), "{out}");
+        assert!(
+            out.stderr
+                .contains("User \"e2e-nobody\" cannot patch resource"),
+            "{out}"
+        );
         let out = meshops(&reader, &["apply", repo_arg, "--source", "examples"]);
         assert_eq!(out.code, 1, "{out}");
-        assert!(out.stderr.contains("nothing was applied: the cluster https://127.0.0.1:"), "{out}");
-        assert!(out.stderr.contains(&format!("patch StatefulSet (apps/v1) in namespace \"{staging}\"")), "{out}");
+        assert!(
+            out.stderr
+                .contains("nothing was applied: the cluster https://127.0.0.1:"),
+            "{out}"
+        );
+        assert!(
+            out.stderr.contains(&format!(
+                "patch StatefulSet (apps/v1) in namespace \"{staging}\""
+            )),
+            "{out}"
+        );
         let live = statefulsets.get("alerts-function").await.unwrap();
-        assert_eq!(live.data["spec"]["template"]["spec"]["containers"][0]["image"], image, "unchanged");
+        assert_eq!(
+            live.data["spec"]["template"]["spec"]["containers"][0]["image"], image,
+            "unchanged"
+        );
         let function = cluster
-            .get(&reference(meshops::model::FUNCTION_MESH_API_VERSION, "Function", &staging, "alerts"))
+            .get(&reference(
+                meshops::model::FUNCTION_MESH_API_VERSION,
+                "Function",
+                &staging,
+                "alerts",
+            ))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(function["spec"]["image"], image, "unchanged");
-        steps.done("read-only user: plan's dry-run 403 named; apply refused by RBAC before any write");
+        steps.done(
+            "read-only user: plan's dry-run 403 named; apply refused by RBAC before any write",
+        );
     } else {
-        edit(&repo.join("staging/alerts.yaml"), "alerts:2.0.1", "alerts:2.0.2");
+        edit(
+            &repo.join("staging/alerts.yaml"),
+            "alerts:2.0.1",
+            "alerts:2.0.2",
+        );
         eprintln!("e2e: the credential and RBAC steps need the suite's own control plane; not run against MESHOPS_E2E_KUBECONFIG");
     }
 
     // --wait where no pod will ever run: the timeout names every StatefulSet and why.
-    edit(&repo.join("staging/anomaly-scorer.yaml"), "namespace: ", "labels: {rollout: \"2\"}\n  namespace: ");
-    let out = run(with(&["apply", repo_arg, "--wait", "--timeout", "5s", "--revision", "rev-7"]));
+    edit(
+        &repo.join("staging/anomaly-scorer.yaml"),
+        "namespace: ",
+        "labels: {rollout: \"2\"}\n  namespace: ",
+    );
+    let out = run(with(&[
+        "apply",
+        repo_arg,
+        "--wait",
+        "--timeout",
+        "5s",
+        "--revision",
+        "rev-7",
+    ]));
     assert_eq!(out.code, 1, "{out}");
-    assert!(out.stderr.contains("error: not rolled out after 5s: "), "{out}");
-    assert!(out.stderr.contains(&format!("StatefulSet {staging}/alerts-function (")), "{out}");
-    assert!(out.stderr.contains(&format!("StatefulSet {staging}/anomaly-scorer-function (")), "{out}");
-    assert!(out.stderr.contains("controller has not seen generation"), "{out}");
+    assert!(
+        out.stderr.contains("error: not rolled out after 5s: "),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("StatefulSet {staging}/alerts-function (")),
+        "{out}"
+    );
+    assert!(
+        out.stderr
+            .contains(&format!("StatefulSet {staging}/anomaly-scorer-function (")),
+        "{out}"
+    );
+    assert!(
+        out.stderr.contains("controller has not seen generation"),
+        "{out}"
+    );
     let alerts = cluster
-        .get(&reference(meshops::model::FUNCTION_MESH_API_VERSION, "Function", &staging, "alerts"))
+        .get(&reference(
+            meshops::model::FUNCTION_MESH_API_VERSION,
+            "Function",
+            &staging,
+            "alerts",
+        ))
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(alerts["status"]["revision"], "rev-7", "status written after the wait too");
+    assert_eq!(
+        alerts["status"]["revision"], "rev-7",
+        "status written after the wait too"
+    );
     steps.done("apply --wait --timeout 5s: exit 1 naming each StatefulSet not rolled out");
 
     let total = steps.started.elapsed();
-    eprintln!("e2e: {} steps passed in {:.1}s", steps.n, total.as_secs_f64());
+    eprintln!(
+        "e2e: {} steps passed in {:.1}s",
+        steps.n,
+        total.as_secs_f64()
+    );
 }

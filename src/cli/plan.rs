@@ -274,10 +274,17 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
         .await;
         progress.finish();
         let report = report?;
+        let objects = |n: usize| {
+            if n == 1 {
+                "1 object".to_owned()
+            } else {
+                format!("{n} objects")
+            }
+        };
         writeln!(
             stdout,
-            "Applied {} objects, deleted {}.",
-            report.applied.len(),
+            "Applied {}, deleted {}.",
+            objects(report.applied.len()),
             report.deleted.len()
         )?;
         for (object, error) in &report.failed_deletes {

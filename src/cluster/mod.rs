@@ -114,18 +114,21 @@ pub enum ClusterError {
     #[error("cannot reach the API server {endpoint} to {request}: {cause}")]
     Unreachable {
         endpoint: Endpoint,
-        request: Call,
+        request: Box<Call>,
         cause: String,
     },
     #[error(
         "the API server {endpoint} refused the credentials (HTTP 401 Unauthorized) to {request}; \
          check the kubeconfig user's token or certificate"
     )]
-    Unauthorized { endpoint: Endpoint, request: Call },
+    Unauthorized {
+        endpoint: Endpoint,
+        request: Box<Call>,
+    },
     #[error("not allowed to {request} on {endpoint} (HTTP 403): {message}")]
     Forbidden {
         endpoint: Endpoint,
-        request: Call,
+        request: Box<Call>,
         message: String,
     },
     #[error(
@@ -145,7 +148,7 @@ pub enum ClusterError {
     #[error("{request} on {endpoint}: {message} (HTTP {code})")]
     Api {
         endpoint: Endpoint,
-        request: Call,
+        request: Box<Call>,
         code: u16,
         message: String,
     },
@@ -318,10 +321,10 @@ impl Cluster {
     /// Turns a client error into one that names the server, the request and the cause once.
     fn error(&self, verb: &'static str, object: &ObjectRef, error: kube::Error) -> ClusterError {
         let endpoint = self.endpoint.clone();
-        let request = Call {
+        let request = Box::new(Call {
             verb,
             object: object.clone(),
-        };
+        });
         match error {
             kube::Error::Api(status) => match status.code {
                 401 => ClusterError::Unauthorized { endpoint, request },
@@ -461,10 +464,10 @@ impl Cluster {
     fn local(&self, verb: &'static str, object: &ObjectRef, message: String) -> ClusterError {
         ClusterError::Api {
             endpoint: self.endpoint.clone(),
-            request: Call {
+            request: Box::new(Call {
                 verb,
                 object: object.clone(),
-            },
+            }),
             code: 0,
             message,
         }

@@ -48,8 +48,8 @@ pub enum SyncError {
     )]
     EmptyDesired { count: usize },
     #[error(
-        "nothing was applied: {} belong to another source ({}); pass --take-over to take them",
-        conflicts.len(),
+        "nothing was applied: {} another source ({}); pass --take-over to take them",
+        match conflicts.len() { 1 => "1 object belongs to".to_owned(), n => format!("{n} objects belong to") },
         conflicts.iter().map(|(o, owner)| format!("{o} of \"{owner}\"")).collect::<Vec<_>>().join(", ")
     )]
     Conflict { conflicts: Vec<(ObjectRef, String)> },

@@ -374,11 +374,7 @@ pub fn plan(
             let keep = current["metadata"]["annotations"][PRUNE_ANNOTATION] == "disabled";
             Some(Change {
                 object: e.object.clone(),
-                action: if keep {
-                    Action::Keep
-                } else {
-                    Action::Delete
-                },
+                action: if keep { Action::Keep } else { Action::Delete },
                 reason: if keep {
                     format!("removed from the repository, kept: {PRUNE_ANNOTATION}: disabled")
                 } else {
@@ -550,10 +546,7 @@ mod tests {
             .iter()
             .map(|c| (c.object.name.as_str(), c.action))
             .collect();
-        assert_eq!(
-            actions,
-            [("keep", Action::Keep), ("old", Action::Delete)]
-        );
+        assert_eq!(actions, [("keep", Action::Keep), ("old", Action::Delete)]);
         assert_eq!(result.count(Action::Delete), 1);
     }
 
