@@ -486,7 +486,7 @@ mod tests {
     fn sts(hash: &str, selector: &str) -> Value {
         json!({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": "fn-function", "namespace": "ns", "annotations": {SPEC_HASH: hash}},
+            "metadata": {"name": "fn-function", "namespace": "ns", "annotations": {SPEC_HASH: hash}, "labels": {SOURCE_LABEL: "s"}},
             "spec": {"selector": {"matchLabels": {"app": selector}}, "serviceName": "fn-function-headless"},
         })
     }
@@ -519,6 +519,47 @@ mod tests {
         let recreate = plan(&desired, &other_selector, &[]);
         assert_eq!(recreate.changes[0].action, Action::Recreate);
         assert!(recreate.changes[0].reason.contains("/spec/selector"));
+    }
+
+    #[test]
+    fn an_unlabelled_object_is_adopted_and_one_of_another_source_is_a_conflict() {
+        let desired = vec![object(sts("a", "x"))];
+        let reference = ObjectRef::of(&desired[0].value);
+        let mut by_hand = sts("a", "x");
+        by_hand["metadata"]["labels"] = json!({});
+        by_hand["metadata"]["managedFields"] =
+            json!([{"manager": "kubectl-create", "operation": "Update"}]);
+        let adopt = plan(
+            &desired,
+            &BTreeMap::from([(reference.clone(), by_hand.clone())]),
+            &[],
+        );
+        assert_eq!(adopt.changes[0].action, Action::Adopt);
+        assert!(adopt.changes[0]
+            .reason
+            .contains("written by kubectl-create"));
+        assert!(adopt.summary().contains("1 to adopt"));
+
+        // Ours by the inventory, though someone removed the label: drift, not adoption.
+        let recorded = [InventoryEntry {
+            object: reference.clone(),
+            fingerprint: None,
+        }];
+        let live = BTreeMap::from([(reference.clone(), by_hand)]);
+        assert_eq!(
+            plan(&desired, &live, &recorded).changes[0].action,
+            Action::Unchanged
+        );
+
+        let mut theirs = sts("a", "x");
+        theirs["metadata"]["labels"][SOURCE_LABEL] = json!("other");
+        let conflict = plan(&desired, &BTreeMap::from([(reference, theirs)]), &[]);
+        assert_eq!(conflict.changes[0].action, Action::Conflict);
+        assert!(conflict.changes[0]
+            .reason
+            .contains("belongs to source \"other\""));
+        assert!(conflict.has_changes());
+        assert!(!Action::Conflict.writes());
     }
 
     #[test]
