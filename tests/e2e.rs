@@ -78,6 +78,23 @@ impl std::fmt::Display for Run {
     }
 }
 
+impl Run {
+    fn exits(&self, code: i32) -> &Run {
+        assert_eq!(self.code, code, "{self}");
+        self
+    }
+
+    fn prints(&self, text: &str) -> &Run {
+        assert!(self.stdout.contains(text), "stdout lacks {text:?}: {self}");
+        self
+    }
+
+    fn says(&self, text: &str) -> &Run {
+        assert!(self.stderr.contains(text), "stderr lacks {text:?}: {self}");
+        self
+    }
+}
+
 /// `meshops ARGS --kubeconfig KUBECONFIG`.
 fn meshops(kubeconfig: &Path, args: &[&str]) -> Run {
     let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
@@ -138,6 +155,23 @@ fn render_dir(path: &Path, source: &str) -> Vec<Object> {
         source,
     )
     .unwrap()
+}
+
+/// A Function CR as the server has it.
+async fn function(cluster: &Cluster, namespace: &str, name: &str) -> Value {
+    let object = reference(
+        meshops::model::FUNCTION_MESH_API_VERSION,
+        "Function",
+        namespace,
+        name,
+    );
+    cluster.get(&object).await.unwrap().unwrap()
+}
+
+/// The image of a StatefulSet's runner container.
+async fn image_of(statefulsets: &Api<DynamicObject>, name: &str) -> Value {
+    let live = statefulsets.get(name).await.unwrap();
+    live.data["spec"]["template"]["spec"]["containers"][0]["image"].clone()
 }
 
 fn reference(api_version: &str, kind: &str, namespace: &str, name: &str) -> ObjectRef {
@@ -302,16 +336,9 @@ async fn e2e_against_a_real_api_server() {
         .is_ok();
     if !crds_served {
         let out = run(with(&["apply", repo_arg]));
-        assert_eq!(out.code, 1, "{out}");
-        assert!(
-            out.stderr
-                .contains("CustomResourceDefinition is not installed"),
-            "{out}"
-        );
-        assert!(
-            out.stderr.contains("compute.functionmesh.io/v1alpha1"),
-            "{out}"
-        );
+        out.exits(1);
+        out.says("CustomResourceDefinition is not installed");
+        out.says("compute.functionmesh.io/v1alpha1");
         assert!(
             cluster.get(&inventory).await.unwrap().is_none(),
             "nothing applied"
@@ -344,15 +371,9 @@ async fn e2e_against_a_real_api_server() {
 
     // A missing namespace: a clear error, nothing applied.
     let out = run(with(&["apply", repo_arg]));
-    assert_eq!(out.code, 1, "{out}");
-    assert!(
-        out.stderr
-            .contains(&format!("namespace \"{prod}\" does not exist"))
-            || out
-                .stderr
-                .contains(&format!("namespace \"{staging}\" does not exist")),
-        "{out}"
-    );
+    out.exits(1);
+    // Namespaces are looked up in order: prod comes first.
+    out.says(&format!("namespace \"{prod}\" does not exist"));
     assert!(
         cluster.get(&inventory).await.unwrap().is_none(),
         "nothing applied"
@@ -366,27 +387,19 @@ async fn e2e_against_a_real_api_server() {
 
     // plan → apply → plan: no changes, zero writes.
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
-    assert_eq!(out.code, 2, "{out}");
+    out.exits(2);
     let desired = render_dir(&repo, "examples");
-    assert!(
-        out.stdout
-            .contains(&format!("Plan: {} to create, 0 to change", desired.len())),
-        "{out}"
-    );
+    out.prints(&format!("Plan: {} to create, 0 to change", desired.len()));
     let out = run(with(&["apply", repo_arg, "--prune", "--revision", "rev-1"]));
-    assert_eq!(out.code, 0, "{out}");
-    assert!(
-        out.stdout
-            .contains(&format!("Applied {} objects", desired.len())),
-        "{out}"
-    );
+    out.exits(0);
+    out.prints(&format!("Applied {} objects", desired.len()));
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
-    assert_eq!(out.code, 0, "{out}");
-    assert!(out.stdout.contains("No changes"), "{out}");
-    assert!(out.stderr.contains(", 0 writes"), "{out}");
+    out.exits(0);
+    out.prints("No changes");
+    out.says(", 0 writes");
     let out = run(with(&["apply", repo_arg, "--prune", "--revision", "rev-1"]));
-    assert_eq!(out.code, 0, "{out}");
-    assert!(out.stderr.contains(", 0 writes"), "{out}");
+    out.exits(0);
+    out.says(", 0 writes");
     steps.done(&format!(
         "plan ({} to create) → apply → plan: no changes; re-apply: 0 writes",
         desired.len()
@@ -430,16 +443,7 @@ async fn e2e_against_a_real_api_server() {
     ));
 
     // CR status written by apply.
-    let alerts = cluster
-        .get(&reference(
-            meshops::model::FUNCTION_MESH_API_VERSION,
-            "Function",
-            &staging,
-            "alerts",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    let alerts = function(&cluster, &staging, "alerts").await;
     let status = &alerts["status"];
     assert_eq!(status["revision"], "rev-1", "{alerts:#}");
     assert_eq!(status["conditions"][0]["type"], "Synced");
@@ -471,33 +475,23 @@ async fn e2e_against_a_real_api_server() {
         .await
         .unwrap();
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
-    assert_eq!(out.code, 2, "{out}");
-    assert!(
-        out.stdout
-            .contains("changed in the cluster by kubectl-edit ("),
-        "{out}"
-    );
-    assert!(
-        out.stdout.contains("spec.template.spec.containers"),
-        "{out}"
-    );
-    assert!(
-        out.stdout.contains(&format!("+        image: {image}")),
-        "{out}"
-    );
+    out.exits(2);
+    out.prints("changed in the cluster by kubectl-edit (");
+    out.prints("spec.template.spec.containers");
+    out.prints(&format!("+        image: {image}"));
     assert!(
         !out.stdout.contains("-  ownerReferences:"),
         "apply keeps ownerReferences: {out}"
     );
     let out = run(with(&["apply", repo_arg, "--revision", "rev-1"]));
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     let live = statefulsets.get("alerts-function").await.unwrap();
     assert_eq!(
         live.data["spec"]["template"]["spec"]["containers"][0]["image"],
         image
     );
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     steps.done("kubectl-edit merge patch: plan names manager and field, apply restores");
 
     // The same with server-side apply by another manager.
@@ -515,14 +509,10 @@ async fn e2e_against_a_real_api_server() {
         .await
         .unwrap();
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
-    assert_eq!(out.code, 2, "{out}");
-    assert!(
-        out.stdout
-            .contains("changed in the cluster by sre-hotfix ("),
-        "{out}"
-    );
+    out.exits(2);
+    out.prints("changed in the cluster by sre-hotfix (");
     let out = run(with(&["apply", repo_arg, "--revision", "rev-1"]));
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     let live = statefulsets.get("alerts-function").await.unwrap();
     assert_eq!(
         live.data["spec"]["template"]["spec"]["containers"][0]["image"],
@@ -545,7 +535,7 @@ async fn e2e_against_a_real_api_server() {
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
     assert_eq!(out.code, 0, "scale subresource is the HPA's: {out}");
     let out = run(with(&["apply", repo_arg, "--revision", "rev-2"]));
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     let live = statefulsets.get("alerts-function").await.unwrap();
     assert_eq!(live.data["spec"]["replicas"], 4, "replicas left to the HPA");
     steps.done("scale subresource change: no diff, replicas kept at 4");
@@ -554,7 +544,7 @@ async fn e2e_against_a_real_api_server() {
     let secret = repo.join("staging/alerts-db.yaml");
     edit(&secret, "password: replace-me", "password: n3w-s3cr3t");
     let out = run(with(&["plan", repo_arg, "-o", "markdown"]));
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     for value in [
         "replace-me",
         "n3w-s3cr3t",
@@ -566,7 +556,7 @@ async fn e2e_against_a_real_api_server() {
             "{value}: {out}"
         );
     }
-    assert!(out.stdout.contains("****** (changed)"), "{out}");
+    out.prints("****** (changed)");
     edit(&secret, "password: n3w-s3cr3t", "password: replace-me");
     steps.done("Secret change planned with values masked (text and base64)");
 
@@ -615,11 +605,9 @@ async fn e2e_against_a_real_api_server() {
         "notifier-function-renamed"
     );
     let out = run(with(&["apply", repo_arg, "--revision", "rev-4"]));
-    assert_eq!(out.code, 0, "{out}");
-    assert!(
-        out.stdout.contains("-/+ apps/v1/StatefulSet"),
-        "back to the repository's serviceName: {out}"
-    );
+    out.exits(0);
+    // Back to the repository's serviceName.
+    out.prints("-/+ apps/v1/StatefulSet");
     steps.done("immutable serviceName change planned and executed as delete + create");
 
     // Adopt: an object made by hand, without meshops' labels.
@@ -642,16 +630,12 @@ async fn e2e_against_a_real_api_server() {
     )
     .unwrap();
     let out = run(with(&["plan", repo_arg]));
-    assert!(out.stdout.contains("+~ v1/ConfigMap"), "{out}");
-    assert!(
-        out.stdout
-            .contains("exists without meshops' labels, written by kubectl"),
-        "{out}"
-    );
-    assert!(out.stdout.contains("1 to adopt"), "{out}");
+    out.prints("+~ v1/ConfigMap");
+    out.prints("exists without meshops' labels, written by kubectl");
+    out.prints("1 to adopt");
     let out = run(with(&["apply", repo_arg, "--revision", "rev-5"]));
-    assert_eq!(out.code, 0, "{out}");
-    assert!(out.stderr.contains("adopted v1/ConfigMap"), "{out}");
+    out.exits(0);
+    out.says("adopted v1/ConfigMap");
     let adopted = cluster
         .get(&reference("v1", "ConfigMap", &staging, "alerts-extra"))
         .await
@@ -674,15 +658,12 @@ async fn e2e_against_a_real_api_server() {
     .unwrap();
     let other_arg = other.to_str().unwrap();
     let out = meshops(kubeconfig, &["plan", other_arg, "--source", "other"]);
-    assert!(out.stdout.contains("! v1/ConfigMap"), "{out}");
-    assert!(
-        out.stdout.contains("belongs to source \"examples\""),
-        "{out}"
-    );
+    out.prints("! v1/ConfigMap");
+    out.prints("belongs to source \"examples\"");
     let out = meshops(kubeconfig, &["apply", other_arg, "--source", "other"]);
-    assert_eq!(out.code, 1, "{out}");
-    assert!(out.stderr.contains("nothing was applied"), "{out}");
-    assert!(out.stderr.contains("--take-over"), "{out}");
+    out.exits(1);
+    out.says("nothing was applied");
+    out.says("--take-over");
     let other_inventory = reference("v1", "ConfigMap", "default", "meshops-inventory-other");
     assert!(
         cluster.get(&other_inventory).await.unwrap().is_none(),
@@ -692,9 +673,9 @@ async fn e2e_against_a_real_api_server() {
         kubeconfig,
         &["apply", other_arg, "--source", "other", "--take-over"],
     );
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     let out = run(with(&["plan", repo_arg]));
-    assert!(out.stdout.contains("belongs to source \"other\""), "{out}");
+    out.prints("belongs to source \"other\"");
     std::fs::remove_file(other.join("alerts-extra.yaml")).unwrap();
     let out = meshops(
         kubeconfig,
@@ -707,9 +688,9 @@ async fn e2e_against_a_real_api_server() {
             "--allow-empty",
         ],
     );
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     let out = run(with(&["apply", repo_arg, "--revision", "rev-5"]));
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     steps.done("object of another source: conflict, apply refuses, --take-over takes it");
 
     // Prune exactly what was removed; `meshops.io/prune: disabled` is kept.
@@ -727,7 +708,7 @@ async fn e2e_against_a_real_api_server() {
         .unwrap();
     std::fs::remove_file(repo.join("staging/notifier.yaml")).unwrap();
     let out = run(with(&["apply", repo_arg, "--prune", "--revision", "rev-6"]));
-    assert_eq!(out.code, 0, "{out}");
+    out.exits(0);
     let mut deleted: Vec<&str> = out
         .stderr
         .lines()
@@ -735,16 +716,13 @@ async fn e2e_against_a_real_api_server() {
         .collect();
     deleted.sort();
     let policy = format!("security.istio.io/v1/AuthorizationPolicy {staging}/notifier-function");
-    let function = format!("compute.functionmesh.io/v1alpha1/Function {staging}/notifier");
+    let notifier = format!("compute.functionmesh.io/v1alpha1/Function {staging}/notifier");
     let statefulset = format!("apps/v1/StatefulSet {staging}/notifier-function");
     // One replica: the notifier has no PodDisruptionBudget.
-    let mut expected = vec![function.as_str(), statefulset.as_str(), policy.as_str()];
+    let mut expected = vec![notifier.as_str(), statefulset.as_str(), policy.as_str()];
     expected.sort();
     assert_eq!(deleted, expected, "{out}");
-    assert!(
-        out.stdout.contains("kept: meshops.io/prune: disabled"),
-        "{out}"
-    );
+    out.prints("kept: meshops.io/prune: disabled");
     assert!(services
         .get_opt("notifier-function-headless")
         .await
@@ -761,17 +739,13 @@ async fn e2e_against_a_real_api_server() {
     if let Some(plane) = &target.plane {
         let wrong = plane.kubeconfig_with_token("wrong-token", "not-a-token");
         let out = meshops(&wrong, &["plan", repo_arg, "--source", "examples"]);
-        assert_eq!(out.code, 1, "{out}");
+        out.exits(1);
         assert!(
             out.stderr
                 .starts_with("error: the API server https://127.0.0.1:"),
             "{out}"
         );
-        assert!(
-            out.stderr
-                .contains("(context e2e) refused the credentials (HTTP 401 Unauthorized)"),
-            "{out}"
-        );
+        out.says("(context e2e) refused the credentials (HTTP 401 Unauthorized)");
         assert_eq!(
             out.stderr.lines().count(),
             1,
@@ -789,13 +763,10 @@ async fn e2e_against_a_real_api_server() {
         )
         .unwrap();
         let out = meshops(&unreachable, &["plan", repo_arg, "--source", "examples"]);
-        assert_eq!(out.code, 1, "{out}");
-        assert!(
-            out.stderr.contains(&format!(
-                "cannot reach the API server https://127.0.0.1:{closed} (context e2e)"
-            )),
-            "{out}"
-        );
+        out.exits(1);
+        out.says(&format!(
+            "cannot reach the API server https://127.0.0.1:{closed} (context e2e)"
+        ));
         assert_eq!(
             out.stderr.matches("onnection refused").count(),
             1,
@@ -831,46 +802,23 @@ async fn e2e_against_a_real_api_server() {
         );
         // A server-side dry-run needs the same rights as the write it rehearses.
         let out = meshops(&reader, &["plan", repo_arg, "--source", "examples"]);
-        assert_eq!(out.code, 1, "{out}");
-        assert!(
-            out.stderr.contains("not allowed to dry-run apply "),
-            "{out}"
-        );
-        assert!(out.stderr.contains("(HTTP 403): "), "{out}");
-        assert!(
-            out.stderr
-                .contains("User \"e2e-nobody\" cannot patch resource"),
-            "{out}"
-        );
+        out.exits(1);
+        out.says("not allowed to dry-run apply ");
+        out.says("(HTTP 403): ");
+        out.says("User \"e2e-nobody\" cannot patch resource");
         let out = meshops(&reader, &["apply", repo_arg, "--source", "examples"]);
-        assert_eq!(out.code, 1, "{out}");
-        assert!(
-            out.stderr
-                .contains("nothing was applied: the cluster https://127.0.0.1:"),
-            "{out}"
-        );
-        assert!(
-            out.stderr.contains(&format!(
-                "patch StatefulSet (apps/v1) in namespace \"{staging}\""
-            )),
-            "{out}"
-        );
-        let live = statefulsets.get("alerts-function").await.unwrap();
+        out.exits(1);
+        out.says("nothing was applied: the cluster https://127.0.0.1:");
+        out.says(&format!(
+            "patch StatefulSet (apps/v1) in namespace \"{staging}\""
+        ));
         assert_eq!(
-            live.data["spec"]["template"]["spec"]["containers"][0]["image"], image,
+            image_of(&statefulsets, "alerts-function").await,
+            image,
             "unchanged"
         );
-        let function = cluster
-            .get(&reference(
-                meshops::model::FUNCTION_MESH_API_VERSION,
-                "Function",
-                &staging,
-                "alerts",
-            ))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(function["spec"]["image"], image, "unchanged");
+        let alerts = function(&cluster, &staging, "alerts").await;
+        assert_eq!(alerts["spec"]["image"], image, "unchanged");
         steps.done(
             "read-only user: plan's dry-run 403 named; apply refused by RBAC before any write",
         );
@@ -898,35 +846,12 @@ async fn e2e_against_a_real_api_server() {
         "--revision",
         "rev-7",
     ]));
-    assert_eq!(out.code, 1, "{out}");
-    assert!(
-        out.stderr.contains("error: not rolled out after 5s: "),
-        "{out}"
-    );
-    assert!(
-        out.stderr
-            .contains(&format!("StatefulSet {staging}/alerts-function (")),
-        "{out}"
-    );
-    assert!(
-        out.stderr
-            .contains(&format!("StatefulSet {staging}/anomaly-scorer-function (")),
-        "{out}"
-    );
-    assert!(
-        out.stderr.contains("controller has not seen generation"),
-        "{out}"
-    );
-    let alerts = cluster
-        .get(&reference(
-            meshops::model::FUNCTION_MESH_API_VERSION,
-            "Function",
-            &staging,
-            "alerts",
-        ))
-        .await
-        .unwrap()
-        .unwrap();
+    out.exits(1);
+    out.says("error: not rolled out after 5s: ");
+    out.says(&format!("StatefulSet {staging}/alerts-function ("));
+    out.says(&format!("StatefulSet {staging}/anomaly-scorer-function ("));
+    out.says("controller has not seen generation");
+    let alerts = function(&cluster, &staging, "alerts").await;
     assert_eq!(
         alerts["status"]["revision"], "rev-7",
         "status written after the wait too"
