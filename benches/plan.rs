@@ -21,7 +21,7 @@ fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     generate(dir.path(), 1000);
     let tree = Tree::load(dir.path(), &LoadOptions::default());
-    let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
+    let validation = validate(&tree, &Schemas::new(), ValidateOptions::default());
     let desired = render(&validation.checked, &RenderSettings::default(), "bench").unwrap();
     let options = SyncOptions {
         source: "bench".into(),

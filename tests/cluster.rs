@@ -18,7 +18,7 @@ use support::FakeApiServer;
 
 fn desired(path: &Path) -> Vec<Object> {
     let tree = Tree::load(path, &LoadOptions::default());
-    let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
+    let validation = validate(&tree, &Schemas::new(), ValidateOptions::default());
     assert!(validation.is_valid());
     render(
         &validation.checked,

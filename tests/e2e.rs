@@ -147,7 +147,7 @@ fn edit(path: &Path, from: &str, to: &str) {
 
 fn render_dir(path: &Path, source: &str) -> Vec<Object> {
     let tree = Tree::load(path, &LoadOptions::default());
-    let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
+    let validation = validate(&tree, &Schemas::new(), ValidateOptions::default());
     assert!(validation.is_valid(), "{:#?}", validation.diagnostics);
     render(
         &validation.checked,
@@ -409,7 +409,7 @@ async fn e2e_against_a_real_api_server() {
     let values: Vec<Value> = desired.iter().map(|o| o.value.clone()).collect();
     let checked = assert_read_back(&cluster, &values).await;
     let samples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/operator");
-    let schemas = Schemas::new().unwrap();
+    let schemas = Schemas::new();
     let mut sample_crs = Vec::new();
     for entry in std::fs::read_dir(&samples).unwrap() {
         let path = entry.unwrap().path();

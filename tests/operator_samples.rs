@@ -70,7 +70,7 @@ const EXPECTED_ERRORS: &[(&str, &str, u32, &str)] = &[
 
 #[test]
 fn operator_samples_validate_except_their_known_defects() {
-    let schemas = Schemas::new().unwrap();
+    let schemas = Schemas::new();
     let mut files: Vec<_> = std::fs::read_dir(dir())
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -112,7 +112,7 @@ fn operator_samples_validate_except_their_known_defects() {
 
 #[test]
 fn legacy_fields_in_samples_are_warnings_that_name_the_field() {
-    let schemas = Schemas::new().unwrap();
+    let schemas = Schemas::new();
     let tree = Tree::load(&dir().join("sample-sink.yaml"), &LoadOptions::default());
     let result = validate(&tree, &schemas, ValidateOptions::default());
     assert!(result.is_valid());
@@ -135,7 +135,7 @@ fn legacy_fields_in_samples_are_warnings_that_name_the_field() {
 /// normalisations the API server also applies: nulls dropped, numeric quantities as strings).
 #[test]
 fn every_sample_and_example_round_trips_through_the_model() {
-    let schemas = Schemas::new().unwrap();
+    let schemas = Schemas::new();
     let roots = [
         dir(),
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples"),

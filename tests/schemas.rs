@@ -21,3 +21,11 @@ fn schemas_are_current() {
         "schemas differ from the model: {stale:?}; run UPDATE_SCHEMAS=1 cargo test --test schemas"
     );
 }
+
+#[test]
+fn every_embedded_schema_compiles() {
+    let schemas = meshops::validate::Schemas::new();
+    for kind in Kind::ALL {
+        assert_eq!(schemas.check_compiles(kind), Ok(()), "{kind}");
+    }
+}

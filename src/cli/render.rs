@@ -65,7 +65,7 @@ pub fn desired(
     source: &str,
 ) -> anyhow::Result<Option<Vec<Object>>> {
     let tree = load.load();
-    let schemas = Schemas::new().context("loading the embedded schemas")?;
+    let schemas = Schemas::new();
     let validation = validate(&tree, &schemas, ValidateOptions::default());
     if !validation.is_valid() {
         let color = use_color() && std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -40,7 +40,7 @@ pub struct Args {
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
     let tree = args.load.load();
-    let schemas = Schemas::new().context("loading the embedded schemas")?;
+    let schemas = Schemas::new();
     let validation = validate(
         &tree,
         &schemas,

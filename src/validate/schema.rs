@@ -1,6 +1,7 @@
 //! JSON Schema validation with the embedded `schemas/`.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use jsonschema::error::ValidationErrorKind;
 use jsonschema::{ValidationError, Validator};
@@ -21,52 +22,86 @@ pub enum SchemaError {
     Compile { kind: Kind, message: String },
 }
 
-/// The compiled validators, one per kind. Compile once and reuse: compiling is the expensive
-/// part.
+/// A kind's compiled validator and every property name its schema knows (for "did you mean"
+/// hints).
+struct Compiled {
+    validator: Validator,
+    fields: Vec<String>,
+}
+
+/// The validators, one per kind, each compiled the first time a document of its kind is
+/// checked: compiling is the expensive part (the component schemas carry the whole Kubernetes
+/// pod spec), so a repository of Functions never pays for the Sink or BackendConfig schemas.
+/// Thread-safe; compile once per process and reuse.
+#[derive(Default)]
 pub struct Schemas {
-    validators: HashMap<Kind, Validator>,
-    /// Every property name a kind's schema knows, for "did you mean" hints.
-    fields: HashMap<Kind, Vec<String>>,
+    compiled: HashMap<Kind, OnceLock<Result<Compiled, String>>>,
 }
 
 impl Schemas {
-    pub fn new() -> Result<Schemas, SchemaError> {
-        let mut validators = HashMap::new();
-        let mut fields = HashMap::new();
-        for kind in Kind::ALL {
-            let value: Value = serde_json::from_str(schema::embedded(kind))
-                .map_err(|source| SchemaError::Parse { kind, source })?;
-            let validator =
-                jsonschema::draft202012::new(&value).map_err(|err| SchemaError::Compile {
-                    kind,
-                    message: err.to_string(),
-                })?;
-            validators.insert(kind, validator);
-            let mut names = Vec::new();
-            collect_property_names(&value, &mut names);
-            names.sort();
-            names.dedup();
-            fields.insert(kind, names);
+    pub fn new() -> Schemas {
+        Schemas {
+            compiled: Kind::ALL
+                .into_iter()
+                .map(|k| (k, OnceLock::new()))
+                .collect(),
         }
-        Ok(Schemas { validators, fields })
+    }
+
+    fn compile(kind: Kind) -> Result<Compiled, SchemaError> {
+        let value: Value = serde_json::from_str(schema::embedded(kind))
+            .map_err(|source| SchemaError::Parse { kind, source })?;
+        let validator =
+            jsonschema::draft202012::new(&value).map_err(|err| SchemaError::Compile {
+                kind,
+                message: err.to_string(),
+            })?;
+        let mut fields = Vec::new();
+        collect_property_names(&value, &mut fields);
+        fields.sort();
+        fields.dedup();
+        Ok(Compiled { validator, fields })
+    }
+
+    fn compiled(&self, kind: Kind) -> Result<&Compiled, &str> {
+        let Some(cell) = self.compiled.get(&kind) else {
+            return Err("no embedded schema");
+        };
+        cell.get_or_init(|| Schemas::compile(kind).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Compiles the schema of `kind` now (the tests check every embedded schema this way).
+    pub fn check_compiles(&self, kind: Kind) -> Result<(), String> {
+        self.compiled(kind).map(|_| ()).map_err(str::to_owned)
     }
 
     /// Every schema violation of `value`, as findings with the pointer of the offending field.
     pub fn check(&self, kind: Kind, value: &Value) -> Vec<Finding> {
-        let Some(validator) = self.validators.get(&kind) else {
-            return Vec::new();
+        let compiled = match self.compiled(kind) {
+            Ok(compiled) => compiled,
+            // A build defect, never the user's: say so rather than pass the document.
+            Err(message) => {
+                return vec![Finding {
+                    severity: Severity::Error,
+                    code: "schema",
+                    pointer: String::new(),
+                    message: format!("internal error: {message}"),
+                    notes: Vec::new(),
+                }]
+            }
         };
-        let known = self
-            .fields
-            .get(&kind)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
         let mut findings = Vec::new();
-        for error in validator.iter_errors(value) {
-            match &error.kind {
+        for error in compiled.validator.iter_errors(value) {
+            match &error.kind() {
                 ValidationErrorKind::AdditionalProperties { unexpected } => {
-                    let at = error.instance_path.as_str();
-                    findings.extend(unexpected.iter().map(|key| unknown_field(at, key, known)));
+                    let at = error.instance_path().as_str();
+                    findings.extend(
+                        unexpected
+                            .iter()
+                            .map(|key| unknown_field(at, key, &compiled.fields)),
+                    );
                 }
                 _ => findings.push(finding(&error)),
             }
@@ -143,9 +178,9 @@ fn collect_property_names(schema: &Value, names: &mut Vec<String>) {
 }
 
 fn finding(error: &ValidationError<'_>) -> Finding {
-    let at = error.instance_path.as_str().to_owned();
+    let at = error.instance_path().as_str().to_owned();
     let field = at.rsplit('/').next().unwrap_or_default();
-    let (pointer, message) = match &error.kind {
+    let (pointer, message) = match &error.kind() {
         ValidationErrorKind::Required { property } => {
             let name = property.as_str().unwrap_or_default();
             (at.clone(), format!("missing required field \"{name}\""))
@@ -153,11 +188,11 @@ fn finding(error: &ValidationError<'_>) -> Finding {
         ValidationErrorKind::Constant { expected_value } => {
             (at.clone(), format!("\"{field}\" must be {expected_value}"))
         }
-        ValidationErrorKind::AnyOf { .. } if is_quantity_like(&error.instance) => (
+        ValidationErrorKind::AnyOf { .. } if is_quantity_like(&error.instance()) => (
             at.clone(),
             format!(
                 "{} is not a Kubernetes quantity (such as 500m, 1.5, 2Gi)",
-                error.instance
+                error.instance()
             ),
         ),
         _ => (at.clone(), error.to_string()),

@@ -12,7 +12,7 @@ use serde_json::Value;
 /// Validates and renders `path`, with its meshops.yaml unless `settings` are given.
 pub fn render_path(path: &Path, settings: Option<RenderSettings>) -> Vec<Object> {
     let tree = Tree::load(path, &LoadOptions::default());
-    let validation = validate(&tree, &Schemas::new().unwrap(), ValidateOptions::default());
+    let validation = validate(&tree, &Schemas::new(), ValidateOptions::default());
     assert!(validation.is_valid(), "{:#?}", validation.diagnostics);
     let settings = settings.unwrap_or_else(|| settings_of(&validation.checked));
     render(&validation.checked, &settings, "test").unwrap()
