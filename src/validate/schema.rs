@@ -188,7 +188,7 @@ fn finding(error: &ValidationError<'_>) -> Finding {
         ValidationErrorKind::Constant { expected_value } => {
             (at.clone(), format!("\"{field}\" must be {expected_value}"))
         }
-        ValidationErrorKind::AnyOf { .. } if is_quantity_like(&error.instance()) => (
+        ValidationErrorKind::AnyOf { .. } if is_quantity_like(error.instance()) => (
             at.clone(),
             format!(
                 "{} is not a Kubernetes quantity (such as 500m, 1.5, 2Gi)",
