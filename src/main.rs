@@ -5,6 +5,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
+/// Rendering builds and drops hundreds of thousands of small JSON values; mimalloc does that
+/// markedly faster than glibc's allocator and returns memory to the system sooner.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = meshops::cli::Cli::parse();
     // At the default level only meshops itself speaks: errors are printed once by the

@@ -5,10 +5,10 @@ use std::path::{Path, PathBuf};
 
 mod common;
 
-use common::{find, function_details, render_path, script};
+use common::{find, function_details, render_path, script, to_yaml};
 use meshops::model::settings::Mode;
 use meshops::model::RenderSettings;
-use meshops::render::{spec_hash, to_yaml, SPEC_HASH};
+use meshops::render::{spec_hash, SPEC_HASH};
 use serde_json::{json, Value};
 
 fn root() -> PathBuf {

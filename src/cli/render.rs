@@ -7,8 +7,9 @@ use anyhow::Context;
 use super::validate::use_color;
 use super::{exit, LoadArgs};
 use crate::model::settings::Mode;
-use crate::render::{render, settings_of, to_yaml, Object};
-use crate::validate::{report, validate, Schemas, ValidateOptions};
+use crate::model::RenderSettings;
+use crate::render::{render, render_each, settings_of, yaml_document, Object};
+use crate::validate::{report, validate, Checked, Schemas, ValidateOptions};
 
 pub const AFTER_HELP: &str = "\
 Validates first (the same diagnostics as `meshops validate`, on stderr; nothing is printed on
@@ -57,16 +58,14 @@ pub struct Args {
     pub source: Option<String>,
 }
 
-/// Loads, validates and renders: the desired state of a source. `None` when the manifests
-/// are invalid (the diagnostics are on stderr).
-pub fn desired(
+/// Loads and validates: the typed manifests and the render settings, or `None` when the
+/// manifests are invalid (the diagnostics are on stderr). The loaded files are dropped here,
+/// before anything is rendered.
+fn validated(
     load: &LoadArgs,
     mode: Option<ModeArg>,
-    source: &str,
-) -> anyhow::Result<Option<Vec<Object>>> {
-    let tree = load.load();
-    let schemas = Schemas::new();
-    let validation = validate(&tree, &schemas, ValidateOptions::default());
+) -> anyhow::Result<Option<(Vec<Checked>, RenderSettings)>> {
+    let validation = validate(&load.load(), &Schemas::new(), ValidateOptions::default());
     if !validation.is_valid() {
         let color = use_color() && std::io::IsTerminal::is_terminal(&std::io::stderr());
         eprint!("{}", report::text(&validation, color));
@@ -79,7 +78,34 @@ pub fn desired(
             ModeArg::Operator => Mode::Operator,
         });
     }
-    Ok(Some(render(&validation.checked, &settings, source)?))
+    Ok(Some((validation.checked, settings)))
+}
+
+/// Loads, validates and renders: the desired state of a source. `None` when the manifests
+/// are invalid (the diagnostics are on stderr).
+pub fn desired(
+    load: &LoadArgs,
+    mode: Option<ModeArg>,
+    source: &str,
+) -> anyhow::Result<Option<Vec<Object>>> {
+    let Some((checked, settings)) = validated(load, mode)? else {
+        return Ok(None);
+    };
+    Ok(Some(render(&checked, &settings, source)?))
+}
+
+/// One object as printed: a YAML document, or an element of the pretty JSON array (indented
+/// as `serde_json::to_string_pretty` indents the elements of an array).
+fn text(object: &Object, output: Output) -> String {
+    match output {
+        Output::Yaml => yaml_document(object),
+        Output::Json => serde_json::to_string_pretty(&object.value)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| format!("  {line}"))
+            .collect::<Vec<_>>()
+            .join("\n"),
+    }
 }
 
 pub fn run(args: Args) -> anyhow::Result<u8> {
@@ -87,27 +113,38 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .source
         .clone()
         .unwrap_or_else(|| source_name(&args.load));
-    let Some(mut objects) = desired(&args.load, args.mode, &source)? else {
+    let Some((checked, settings)) = validated(&args.load, args.mode)? else {
         return Ok(exit::INVALID);
     };
-    if !args.only.is_empty() {
-        objects.retain(|o| {
-            args.only
-                .iter()
-                .any(|want| want.eq_ignore_ascii_case(&format!("{}/{}", o.kind(), o.name())))
-        });
-    }
-    let text = match args.output {
-        Output::Yaml => to_yaml(&objects),
-        Output::Json => {
-            let values: Vec<_> = objects.iter().map(|o| &o.value).collect();
-            serde_json::to_string_pretty(&values)? + "\n"
-        }
+    let wanted = |object: &Object| {
+        args.only.is_empty()
+            || args.only.iter().any(|want| {
+                want.eq_ignore_ascii_case(&format!("{}/{}", object.kind(), object.name()))
+            })
     };
-    std::io::stdout()
-        .lock()
-        .write_all(text.as_bytes())
-        .context("writing the objects")?;
+    // Each object becomes text on the thread that rendered it and is dropped there.
+    let texts: Vec<Option<String>> = render_each(&checked, &settings, &source, |object| {
+        wanted(&object).then(|| text(&object, args.output))
+    })?;
+    drop(checked);
+    let texts = texts.into_iter().flatten();
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    match args.output {
+        Output::Yaml => {
+            for text in texts {
+                stdout.write_all(text.as_bytes())?;
+            }
+        }
+        Output::Json => {
+            let texts: Vec<String> = texts.collect();
+            if texts.is_empty() {
+                stdout.write_all(b"[]\n")?;
+            } else {
+                write!(stdout, "[\n{}\n]\n", texts.join(",\n"))?;
+            }
+        }
+    }
+    stdout.flush().context("writing the objects")?;
     Ok(exit::OK)
 }
 

@@ -70,15 +70,20 @@ fn go_json<T: serde::Serialize>(value: &T) -> String {
 }
 
 /// Sorts object keys recursively (Go's encoding/json writes maps that way).
-pub fn sorted(value: Value) -> Value {
+pub fn sorted(mut value: Value) -> Value {
+    sort_maps(&mut value);
+    value
+}
+
+/// [`sorted`] in place: the maps are reordered where they are, nothing is rebuilt.
+pub fn sort_maps(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            let ordered: BTreeMap<String, Value> =
-                map.into_iter().map(|(k, v)| (k, sorted(v))).collect();
-            Value::Object(ordered.into_iter().collect())
+            map.sort_keys();
+            map.values_mut().for_each(sort_maps);
         }
-        Value::Array(items) => Value::Array(items.into_iter().map(sorted).collect()),
-        other => other,
+        Value::Array(items) => items.iter_mut().for_each(sort_maps),
+        _ => {}
     }
 }
 

@@ -21,7 +21,7 @@ use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
 pub use command::{log4j_xml, log4j_yaml, python_ini, shell_quote};
-pub use details::{function_details, sorted};
+pub use details::{function_details, sort_maps, sorted};
 pub use spec::{ComponentKind, RunnerSpec};
 pub use workload::sanitize_volume_name;
 
@@ -170,8 +170,16 @@ pub fn spec_hash(value: &Value) -> String {
             meta.remove("annotations");
         }
     }
-    let canonical = serde_json::to_string(&sorted(value)).unwrap_or_default();
-    format!("{:x}", Sha256::digest(canonical.as_bytes()))
+    sort_maps(&mut value);
+    canonical_hash(&value)
+}
+
+/// sha256 of the compact JSON of `value`, streamed into the hasher (no copy of the text).
+fn canonical_hash(value: &Value) -> String {
+    let mut hasher = Sha256::new();
+    // Writing into a hasher cannot fail, and a Value always serializes.
+    let _ = serde_json::to_writer(&mut hasher, value);
+    format!("{:x}", hasher.finalize())
 }
 
 /// A quantity as a number (cores, bytes). kube_quantity's integer conversions truncate
@@ -192,12 +200,10 @@ fn identify(mut value: Value, source: &str) -> Value {
     }
     meta["labels"][MANAGED_BY] = json!("meshops");
     meta["labels"][SOURCE_LABEL] = json!(source);
-    let mut value = sorted(value);
-    let canonical = serde_json::to_string(&value).unwrap_or_default();
-    let hash = format!("{:x}", Sha256::digest(canonical.as_bytes()));
+    sort_maps(&mut value);
+    let hash = canonical_hash(&value);
     annotate(&mut value, SPEC_HASH, &hash);
-    let meta = value["metadata"].take();
-    value["metadata"] = sorted(meta);
+    sort_maps(&mut value["metadata"]);
     value
 }
 
@@ -273,6 +279,19 @@ pub fn render(
     settings: &RenderSettings,
     source: &str,
 ) -> Result<Vec<Object>, RenderError> {
+    render_each(checked, settings, source, |object| object)
+}
+
+/// Renders like [`render`] and hands each finished object to `finish` on the thread that
+/// rendered it, returning what `finish` made in apply order. `meshops render` turns each
+/// object into its YAML text there, so the objects never all exist at once: output is
+/// written in parallel and memory stays flat however large the repository.
+pub fn render_each<T: Send>(
+    checked: &[Checked],
+    settings: &RenderSettings,
+    source: &str,
+    finish: impl Fn(Object) -> T + Sync,
+) -> Result<Vec<T>, RenderError> {
     let mode = settings.mode.unwrap_or_default();
     let mut objects: Vec<Value> = Vec::new();
     let mut backend_configs: BTreeMap<&str, &BackendConfigSpec> = BTreeMap::new();
@@ -318,28 +337,27 @@ pub fn render(
             .collect();
         objects.extend(per_unit.into_iter().flatten());
     }
-    let mut rendered: Vec<Object> = objects
+    type Key = (u8, String, String, String);
+    let mut rendered: Vec<(Key, T)> = objects
         .into_par_iter()
         .map(|value| {
             let value = identify(value, source);
-            Object {
+            let object = Object {
                 phase: phase(value["kind"].as_str().unwrap_or_default()),
                 value,
-            }
+            };
+            check(&object)?;
+            let key = (
+                object.phase,
+                object.namespace().to_owned(),
+                object.kind().to_owned(),
+                object.name().to_owned(),
+            );
+            Ok((key, finish(object)))
         })
-        .collect();
-    rendered.sort_by(|a, b| {
-        (a.phase, a.namespace(), a.kind(), a.name()).cmp(&(
-            b.phase,
-            b.namespace(),
-            b.kind(),
-            b.name(),
-        ))
-    });
-    for object in &rendered {
-        check(object)?;
-    }
-    Ok(rendered)
+        .collect::<Result<_, RenderError>>()?;
+    rendered.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(rendered.into_iter().map(|(_, t)| t).collect())
 }
 
 /// A FunctionMesh entry as its own CR `<mesh>-<entry>`, spec copied verbatim (§2.16).
@@ -400,12 +418,10 @@ pub fn settings_of(checked: &[Checked]) -> RenderSettings {
         .unwrap_or_default()
 }
 
-/// A `---`-separated YAML stream, like `helm template`.
-pub fn to_yaml(objects: &[Object]) -> String {
-    let mut out = String::new();
-    for object in objects {
-        out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&object.value).unwrap_or_default());
-    }
-    out
+/// One object as a document of a `---`-separated YAML stream, like `helm template` prints.
+pub fn yaml_document(object: &Object) -> String {
+    format!(
+        "---\n{}",
+        serde_yaml::to_string(&object.value).unwrap_or_default()
+    )
 }

@@ -9,6 +9,11 @@ use meshops::render::{render, settings_of, Object};
 use meshops::validate::{validate, Schemas, ValidateOptions};
 use serde_json::Value;
 
+/// The objects as `meshops render` prints them.
+pub fn to_yaml(objects: &[Object]) -> String {
+    objects.iter().map(meshops::render::yaml_document).collect()
+}
+
 /// Validates and renders `path`, with its meshops.yaml unless `settings` are given.
 pub fn render_path(path: &Path, settings: Option<RenderSettings>) -> Vec<Object> {
     let tree = Tree::load(path, &LoadOptions::default());
