@@ -293,68 +293,71 @@ pub fn render_each<T: Send>(
     finish: impl Fn(Object) -> T + Sync,
 ) -> Result<Vec<T>, RenderError> {
     let mode = settings.mode.unwrap_or_default();
-    let mut objects: Vec<Value> = Vec::new();
-    let mut backend_configs: BTreeMap<&str, &BackendConfigSpec> = BTreeMap::new();
-    for c in checked {
-        match &c.manifest {
-            Manifest::Settings(_) => {}
-            Manifest::ConfigMap(o) => objects.push(typed(o)),
-            Manifest::Secret(o) => objects.push(typed(o)),
-            Manifest::ServiceAccount(o) => objects.push(typed(o)),
-            Manifest::BackendConfig(o) => {
-                if o.name() == NAMESPACED_BACKEND_CONFIG {
-                    backend_configs.insert(o.namespace(), &o.spec);
-                }
-                objects.push(clean_cr(c.manifest.to_value()));
+    let backend_configs: BTreeMap<&str, &BackendConfigSpec> = checked
+        .iter()
+        .filter_map(|c| match &c.manifest {
+            Manifest::BackendConfig(o) if o.name() == NAMESPACED_BACKEND_CONFIG => {
+                Some((o.namespace(), &o.spec))
             }
-            Manifest::FunctionMesh(_) if mode == Mode::Native => {}
+            _ => None,
+        })
+        .collect();
+    type Key = (u8, String, String, String);
+    let done = |value: Value| -> Result<(Key, T), RenderError> {
+        let value = identify(value, source);
+        let object = Object {
+            phase: phase(value["kind"].as_str().unwrap_or_default()),
+            value,
+        };
+        check(&object)?;
+        let key = (
+            object.phase,
+            object.namespace().to_owned(),
+            object.kind().to_owned(),
+            object.name().to_owned(),
+        );
+        Ok((key, finish(object)))
+    };
+    // The manifests applied as they are (CRs, ConfigMaps, Secrets, ServiceAccounts) …
+    let manifests = checked.par_iter().filter_map(|c| {
+        let value = match &c.manifest {
+            Manifest::Settings(_) => return None,
+            Manifest::ConfigMap(o) => typed(o),
+            Manifest::Secret(o) => typed(o),
+            Manifest::ServiceAccount(o) => typed(o),
+            Manifest::BackendConfig(_) => clean_cr(c.manifest.to_value()),
+            Manifest::FunctionMesh(_) if mode == Mode::Native => return None,
             manifest => {
                 let mut value = clean_cr(manifest.to_value());
                 if mode == Mode::Native {
                     annotate(&mut value, OPERATOR_MANAGED, "false");
                 }
-                objects.push(value);
+                value
             }
+        };
+        Some(done(value))
+    });
+    // … and in native mode each component's workloads, finished as soon as they are made.
+    let units = if mode == Mode::Native {
+        units(checked)
+    } else {
+        Vec::new()
+    };
+    let workloads = units.par_iter().flat_map_iter(|unit| {
+        let runner = RunnerSpec::new(unit.component, &unit.name, unit.namespace);
+        let mut out = Vec::new();
+        if unit.base != "/spec" {
+            out.push(mesh_child(checked, unit, &runner));
         }
-    }
-    if mode == Mode::Native {
-        // Components render independently; the final sort makes the order irrelevant.
-        let per_unit: Vec<Vec<Value>> = units(checked)
-            .par_iter()
-            .map(|unit| {
-                let runner = RunnerSpec::new(unit.component, &unit.name, unit.namespace);
-                let mut out = Vec::new();
-                if unit.base != "/spec" {
-                    out.push(mesh_child(checked, unit, &runner));
-                }
-                let backend = backend_config(
-                    settings.global_backend_config.as_ref(),
-                    backend_configs.get(unit.namespace).copied(),
-                );
-                out.extend(workloads(&runner, settings, &backend));
-                out
-            })
-            .collect();
-        objects.extend(per_unit.into_iter().flatten());
-    }
-    type Key = (u8, String, String, String);
-    let mut rendered: Vec<(Key, T)> = objects
-        .into_par_iter()
-        .map(|value| {
-            let value = identify(value, source);
-            let object = Object {
-                phase: phase(value["kind"].as_str().unwrap_or_default()),
-                value,
-            };
-            check(&object)?;
-            let key = (
-                object.phase,
-                object.namespace().to_owned(),
-                object.kind().to_owned(),
-                object.name().to_owned(),
-            );
-            Ok((key, finish(object)))
-        })
+        let backend = backend_config(
+            settings.global_backend_config.as_ref(),
+            backend_configs.get(unit.namespace).copied(),
+        );
+        out.extend(workloads(&runner, settings, &backend));
+        out.into_iter().map(&done)
+    });
+    let mut rendered: Vec<(Key, T)> = manifests
+        .chain(workloads)
         .collect::<Result<_, RenderError>>()?;
     rendered.sort_by(|a, b| a.0.cmp(&b.0));
     Ok(rendered.into_iter().map(|(_, t)| t).collect())
