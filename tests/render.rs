@@ -358,3 +358,109 @@ fn snapshot_of_the_prod_example_and_the_worked_example() {
         ))
     );
 }
+
+/// Every rendered document reads back as the object it came from, and strings that any YAML
+/// reader could take for something else stay strings.
+#[test]
+fn yaml_output_reads_back_exactly() {
+    use meshops::render::{yaml_document, Object};
+    let mut objects = render_path(&root().join("examples"), None);
+    let tricky = [
+        "1_000",
+        "0b101",
+        "0o17",
+        "0X1F",
+        "0x1F",
+        "yes",
+        "No",
+        "ON",
+        "off",
+        "y",
+        "~",
+        "null",
+        "Null",
+        "",
+        " lead",
+        "trail ",
+        "a: b",
+        "#c",
+        "- x",
+        "? q",
+        "@x",
+        "`x",
+        "*a",
+        "&a",
+        "!t",
+        "%p",
+        "|",
+        "> f",
+        "multi\nline\n",
+        "multi\nline",
+        "tab\tx",
+        "quote\"s",
+        "back\\s",
+        "colon:",
+        "1.5",
+        "1e3",
+        "-1",
+        "+1",
+        ".5",
+        ".inf",
+        "-.inf",
+        ".nan",
+        "12:30",
+        "2014-12-31",
+        "ünïcode",
+        "emoji 🎉",
+        "{a}",
+        "[b]",
+        "key=value",
+        "0755",
+        "1.2.3",
+        "'single'",
+        "=",
+        "<<",
+        "true",
+        "False",
+        "NO",
+    ];
+    let data: serde_json::Map<String, Value> = tricky
+        .iter()
+        .enumerate()
+        .map(|(i, s)| (format!("k{i}"), json!(s)))
+        .chain(tricky.iter().map(|s| (s.to_string(), json!("as a key"))))
+        .collect();
+    objects.push(Object {
+        phase: 0,
+        value: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": "tricky", "namespace": "ns"}, "data": data}),
+    });
+    objects.push(Object {
+        phase: 0,
+        value: json!({"apiVersion": "v1", "kind": "ConfigMap",
+                      "metadata": {"name": "plain", "namespace": "ns"},
+                      "data": {"a": "yes", "b": "0x10", "c": "1e3", "d": "multi\nline\n"}}),
+    });
+    for object in &objects {
+        let text = yaml_document(object);
+        assert!(text.starts_with("---\n"), "{text}");
+        let back: Value =
+            serde_yaml::from_str(&text[4..]).unwrap_or_else(|e| panic!("{e}: {text}"));
+        assert_eq!(back, object.value, "{text}");
+        let docs = yaml_rust2::YamlLoader::load_from_str(&text).unwrap();
+        assert_eq!(docs.len(), 1);
+    }
+    // YAML 1.1 readers (Kubernetes') take these for numbers when plain.
+    let text = yaml_document(objects.last().unwrap());
+    assert!(
+        text.contains("b: '0x10'") || text.contains("b: \"0x10\""),
+        "{text}"
+    );
+    let tricky_text = yaml_document(&objects[objects.len() - 2]);
+    for number in ["1_000", "0b101", "0o17", "0X1F"] {
+        assert!(
+            tricky_text.contains(&format!("\"{number}\"")),
+            "{number} written plain: {tricky_text}"
+        );
+    }
+}
