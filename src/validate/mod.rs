@@ -13,8 +13,10 @@ pub mod report;
 pub mod rules;
 mod schema;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use rayon::prelude::*;
 use serde::Serialize;
 
 use crate::load::{Position, Tree};
@@ -115,72 +117,37 @@ impl Validation {
 
 /// Validates everything in `tree`.
 pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Validation {
+    // Each document on its own, in parallel; the results keep the documents' order.
+    let per_document: Vec<Judged> = tree
+        .documents
+        .par_iter()
+        .enumerate()
+        .map(|(index, document)| judge(index, document, schemas))
+        .collect();
     let mut located: Vec<Located> = Vec::new();
-    let mut checked = Vec::new();
-    // Documents with schema errors that still make a manifest once the offending fields are
-    // out, and those fields' pointers.
+    // The documents that passed, then those with schema errors that still make a manifest
+    // once the offending fields are out (with those fields' pointers): one vector, so that
+    // `judged[..clean]` are the clean ones and nothing is copied.
+    let mut judged: Vec<Checked> = Vec::new();
     let mut repaired: Vec<(Checked, Vec<String>)> = Vec::new();
-    for (index, document) in tree.documents.iter().enumerate() {
-        let mut value = document.value.clone();
-        model::drop_nulls(&mut value);
-        let findings = schemas.check(document.kind, &value);
-        let removed: Vec<String> = findings
-            .iter()
-            .filter(|f| f.severity == Severity::Error)
-            .map(|f| f.pointer.clone())
-            .collect();
-        // Ignored legacy fields are dropped so the typed model (which rejects unknown fields)
-        // sees what the operator sees; invalid ones so the rest can still be judged.
-        for finding in &findings {
-            remove_pointer(&mut value, &finding.pointer);
-        }
-        located.extend(findings.into_iter().map(|finding| Located {
-            document: index,
-            finding,
-        }));
-        model::floats_as_quantities(&mut value);
-        match Manifest::from_value(document.kind, value) {
-            Ok(manifest) if removed.is_empty() => checked.push(Checked {
-                document: index,
-                manifest,
-            }),
-            Ok(manifest) => repaired.push((
-                Checked {
-                    document: index,
-                    manifest,
-                },
-                removed,
-            )),
-            Err(_) if !removed.is_empty() => {
-                if let Some(finding) = graph::raw_name_finding(document.kind, &document.value) {
-                    located.push(Located {
-                        document: index,
-                        finding,
-                    });
-                }
-            }
-            Err(err) => located.push(Located {
-                document: index,
-                finding: Finding {
-                    severity: Severity::Error,
-                    code: "schema",
-                    pointer: err.path,
-                    message: err.message,
-                    notes: Vec::new(),
-                },
-            }),
+    for document in per_document {
+        located.extend(document.findings);
+        match document.manifest {
+            Some((manifest, removed)) if removed.is_empty() => judged.push(manifest),
+            Some(repair) => repaired.push(repair),
+            None => {}
         }
     }
-    let judged: Vec<Checked> = checked
-        .iter()
-        .cloned()
-        .chain(repaired.iter().map(|(c, _)| c.clone()))
-        .collect();
+    let clean = judged.len();
+    let mut removed_by_document: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+    for (manifest, removed) in repaired {
+        removed_by_document.insert(manifest.document, removed);
+        judged.push(manifest);
+    }
     let removed_in = |document: usize| {
-        repaired
-            .iter()
-            .find(|(c, _)| c.document == document)
-            .map(|(_, removed)| removed.as_slice())
+        removed_by_document
+            .get(&document)
+            .map(Vec::as_slice)
             .unwrap_or_default()
     };
     let echoes = |l: &Located| {
@@ -216,9 +183,11 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
             .filter(|l| !echoes(l)),
     );
     // Topics and references of a repaired document would be judged on what is left of it.
-    let whole = graph::units(&checked);
+    let whole = graph::units(&judged[..clean]);
     located.extend(graph::check_topics(&whole));
-    located.extend(graph::check_references(&checked, &whole));
+    located.extend(graph::check_references(&judged[..clean], &whole));
+    drop((units, whole));
+    judged.truncate(clean);
 
     let mut diagnostics: Vec<Diagnostic> = tree
         .problems
@@ -250,11 +219,75 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
     });
     diagnostics.dedup();
     Validation {
-        checked,
+        checked: judged,
         diagnostics,
         documents: tree.documents.len(),
         files: tree.files.len(),
     }
+}
+
+/// What one document yields on its own: its findings and, when the typed model could be
+/// built, the manifest with the pointers of the fields removed to build it.
+struct Judged {
+    findings: Vec<Located>,
+    manifest: Option<(Checked, Vec<String>)>,
+}
+
+/// Schema, then the typed model, for one document.
+fn judge(index: usize, document: &crate::load::Document, schemas: &Schemas) -> Judged {
+    let mut value = document.value.clone();
+    model::drop_nulls(&mut value);
+    let schema_findings = schemas.check(document.kind, &value);
+    let removed: Vec<String> = schema_findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| f.pointer.clone())
+        .collect();
+    // Ignored legacy fields are dropped so the typed model (which rejects unknown fields)
+    // sees what the operator sees; invalid ones so the rest can still be judged.
+    for finding in &schema_findings {
+        remove_pointer(&mut value, &finding.pointer);
+    }
+    let mut findings: Vec<Located> = schema_findings
+        .into_iter()
+        .map(|finding| Located {
+            document: index,
+            finding,
+        })
+        .collect();
+    model::floats_as_quantities(&mut value);
+    let manifest = match Manifest::from_value(document.kind, value) {
+        Ok(manifest) => Some((
+            Checked {
+                document: index,
+                manifest,
+            },
+            removed,
+        )),
+        Err(_) if !removed.is_empty() => {
+            findings.extend(
+                graph::raw_name_finding(document.kind, &document.value).map(|finding| Located {
+                    document: index,
+                    finding,
+                }),
+            );
+            None
+        }
+        Err(err) => {
+            findings.push(Located {
+                document: index,
+                finding: Finding {
+                    severity: Severity::Error,
+                    code: "schema",
+                    pointer: err.path,
+                    message: err.message,
+                    notes: Vec::new(),
+                },
+            });
+            None
+        }
+    };
+    Judged { findings, manifest }
 }
 
 /// Places a finding in its file, masking Secret values: neither the message nor the source
