@@ -3,11 +3,17 @@
 use std::path::Path;
 
 /// Writes `count` Functions in a chain (each reads the previous one's output), spread over
-/// ten directories, plus the Pulsar ConfigMap they all use.
+/// ten directories, plus the Pulsar ConfigMap they all use, in namespace `bench`.
+#[allow(dead_code)]
 pub fn generate(root: &Path, count: usize) {
+    generate_in(root, count, "bench");
+}
+
+/// [`generate`] in `namespace`.
+pub fn generate_in(root: &Path, count: usize, namespace: &str) {
     std::fs::write(
         root.join("pulsar.yaml"),
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pulsar\n  namespace: bench\ndata:\n  webServiceURL: http://pulsar:8080\n  brokerServiceURL: pulsar://pulsar:6650\n",
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: pulsar\n  namespace: {namespace}\ndata:\n  webServiceURL: http://pulsar:8080\n  brokerServiceURL: pulsar://pulsar:6650\n"),
     )
     .unwrap();
     for i in 0..count {
@@ -18,7 +24,7 @@ pub fn generate(root: &Path, count: usize) {
 kind: Function
 metadata:
   name: fn-{i}
-  namespace: bench
+  namespace: {namespace}
 spec:
   className: io.example.Fn{i}
   image: registry.example.com/fn:{i}

@@ -466,9 +466,16 @@ fn yaml_node(value: &Value) -> yaml_rust2::Yaml {
 fn has_ambiguous_string(value: &Value) -> bool {
     fn ambiguous(s: &str) -> bool {
         let unsigned = s.trim_start_matches(['+', '-']);
-        let radix = ["0o", "0O", "0b", "0B", "0X"]
-            .iter()
-            .any(|p| unsigned.starts_with(p));
+        let digits = |prefixes: [&str; 2], digit: fn(u8) -> bool| {
+            prefixes.iter().any(|p| {
+                unsigned.strip_prefix(p).is_some_and(|rest| {
+                    !rest.is_empty() && rest.bytes().all(|b| digit(b) || b == b'_')
+                })
+            })
+        };
+        let radix = digits(["0b", "0B"], |b| matches!(b, b'0' | b'1'))
+            || digits(["0o", "0O"], |b| matches!(b, b'0'..=b'7'))
+            || digits(["0X", "0X"], |b| b.is_ascii_hexdigit());
         let grouped = unsigned.contains('_')
             && unsigned.bytes().any(|b| b.is_ascii_digit())
             && unsigned

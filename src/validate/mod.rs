@@ -265,12 +265,12 @@ fn judge(index: usize, document: &crate::load::Document, schemas: &Schemas) -> J
             removed,
         )),
         Err(_) if !removed.is_empty() => {
-            findings.extend(
-                graph::raw_name_finding(document.kind, &document.value).map(|finding| Located {
+            findings.extend(graph::raw_name_finding(document.kind, &document.value).map(
+                |finding| Located {
                     document: index,
                     finding,
-                }),
-            );
+                },
+            ));
             None
         }
         Err(err) => {

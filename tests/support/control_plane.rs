@@ -11,6 +11,8 @@
 //! An API server alone runs no controllers: no pods, no garbage collection, namespaces never
 //! finish deleting. Tests written against it must not wait for any of that.
 
+#![allow(dead_code)]
+
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

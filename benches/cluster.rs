@@ -1,0 +1,285 @@
+//! meshops against `kubectl apply --server-side` and `kubectl diff --server-side` on a real
+//! kube-apiserver + etcd (the e2e suite's control plane), the same objects in the same run:
+//! first apply, no-op apply, no-change plan. Prints one table: time, requests and writes.
+//!
+//! `cargo bench --bench cluster` (1,000 functions; `MESHOPS_BENCH_FUNCTIONS=N` for another
+//! size). Needs the envtest binaries (`$KUBEBUILDER_ASSETS` or `/usr/local/kubebuilder/bin`,
+//! see docs/DEVELOPERS.md); kubectl is taken from there too, or from PATH.
+
+mod common;
+#[path = "../tests/support/control_plane.rs"]
+mod control_plane;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use meshops::cluster::Cluster;
+use meshops::model::crd::{crd, CRD_KINDS};
+use serde_json::json;
+
+/// One measured command.
+struct Measured {
+    elapsed: Duration,
+    requests: u64,
+    writes: u64,
+    output: String,
+}
+
+fn run(program: &Path, args: &[&str]) -> (Duration, std::process::Output) {
+    let started = Instant::now();
+    let output = Command::new(program).args(args).output().unwrap();
+    let elapsed = started.elapsed();
+    assert!(
+        output.status.success() || output.status.code() == Some(1) && args[0] == "diff",
+        "{} {args:?}: {}",
+        program.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (elapsed, output)
+}
+
+/// meshops prints `cost: N requests (…), W writes` on stderr.
+fn meshops(binary: &Path, args: &[&str]) -> Measured {
+    let (elapsed, output) = run(binary, args);
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    let cost = stderr
+        .lines()
+        .find(|l| l.starts_with("cost: "))
+        .unwrap_or_else(|| panic!("no cost line: {stderr}"));
+    let number = |after: &str| -> u64 {
+        cost.split(after)
+            .next()
+            .unwrap_or_default()
+            .rsplit(' ')
+            .next()
+            .unwrap_or("0")
+            .parse()
+            .unwrap_or(0)
+    };
+    Measured {
+        elapsed,
+        requests: number(" requests"),
+        writes: number(" writes"),
+        output: String::from_utf8_lossy(&output.stdout).into_owned(),
+    }
+}
+
+/// kubectl at -v=6 logs one line per request: `… "GET https://…" 200 OK in 3 milliseconds`
+/// (older releases) or `… "Response" verb="GET" url="…" status="200 OK"` (newer ones).
+fn kubectl(binary: &Path, args: &[&str]) -> Measured {
+    let mut all = args.to_vec();
+    all.push("-v=6");
+    let (elapsed, output) = run(binary, &all);
+    let log = String::from_utf8_lossy(&output.stderr);
+    let verbs: Vec<&str> = log
+        .lines()
+        .filter_map(|line| {
+            ["GET", "PATCH", "POST", "PUT", "DELETE"]
+                .into_iter()
+                .find(|verb| {
+                    line.contains(&format!("verb=\"{verb}\"")) && line.contains("\"Response\"")
+                        || line.contains(&format!("\"{verb} https://"))
+                        || line.contains(&format!("] {verb} https://"))
+                })
+        })
+        .collect();
+    let dry_run = |line: &&str| line.contains("dryRun");
+    let writes = log
+        .lines()
+        .filter(|l| !dry_run(l))
+        .filter(|l| {
+            ["PATCH", "POST", "PUT", "DELETE"].iter().any(|v| {
+                l.contains(&format!("verb=\"{v}\"")) && l.contains("\"Response\"")
+                    || l.contains(&format!("\"{v} https://"))
+                    || l.contains(&format!("] {v} https://"))
+            })
+        })
+        .count();
+    Measured {
+        elapsed,
+        requests: verbs.len() as u64,
+        writes: writes as u64,
+        output: String::from_utf8_lossy(&output.stdout).into_owned(),
+    }
+}
+
+fn kubectl_binary(assets: &Path) -> Option<PathBuf> {
+    let bundled = assets.join("kubectl");
+    if bundled.is_file() {
+        return Some(bundled);
+    }
+    Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|_| PathBuf::from("kubectl"))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; criterion-style filters are not supported here.
+    let Some(assets) = control_plane::assets() else {
+        println!(
+            "skipped: no control plane (kube-apiserver and etcd not found; see docs/DEVELOPERS.md)"
+        );
+        return;
+    };
+    let functions: usize = std::env::var("MESHOPS_BENCH_FUNCTIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let binary = PathBuf::from(env!("CARGO_BIN_EXE_meshops"));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let plane = runtime
+        .block_on(control_plane::ControlPlane::start(&assets))
+        .unwrap();
+    let kubeconfig = plane.kubeconfig.to_str().unwrap().to_owned();
+    let work = tempfile::tempdir().unwrap();
+    let repo = work.path().join("repo");
+    std::fs::create_dir_all(&repo).unwrap();
+    common::generate_in(&repo, functions, "bench-meshops");
+
+    runtime.block_on(async {
+        let cluster = Cluster::connect(Some(&plane.kubeconfig), None)
+            .await
+            .unwrap();
+        for (kind, plural) in CRD_KINDS {
+            cluster.apply(&crd(kind, plural), false).await.unwrap();
+        }
+        for namespace in ["bench-meshops", "bench-kubectl"] {
+            let object =
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+            cluster.apply(&object, false).await.unwrap();
+        }
+        // Established before anything is applied.
+        for (_, plural) in CRD_KINDS {
+            let name = format!("{plural}.compute.functionmesh.io");
+            for _ in 0..100 {
+                let reference = meshops::plan::ObjectRef {
+                    api_version: "apiextensions.k8s.io/v1".into(),
+                    kind: "CustomResourceDefinition".into(),
+                    namespace: String::new(),
+                    name: name.clone(),
+                };
+                let live = cluster.get(&reference).await.unwrap().unwrap();
+                let established = live["status"]["conditions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|c| c["type"] == "Established" && c["status"] == "True");
+                if established {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+
+    let repo_arg = repo.to_str().unwrap();
+    let common = ["--kubeconfig", kubeconfig.as_str(), "--source", "bench"];
+    let with = |head: &[&'static str]| -> Vec<String> {
+        head.iter()
+            .map(|s| s.to_string())
+            .chain([repo_arg.to_owned()])
+            .chain(common.iter().map(|s| s.to_string()))
+            .collect()
+    };
+    let call = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        meshops(&binary, &args)
+    };
+
+    // The same objects for kubectl, in a namespace of their own.
+    let kubectl_repo = work.path().join("kubectl-repo");
+    std::fs::create_dir_all(&kubectl_repo).unwrap();
+    common::generate_in(&kubectl_repo, functions, "bench-kubectl");
+    let rendered = Command::new(&binary)
+        .args([
+            "render",
+            kubectl_repo.to_str().unwrap(),
+            "--source",
+            "bench",
+        ])
+        .output()
+        .unwrap();
+    let manifests = String::from_utf8_lossy(&rendered.stdout).into_owned();
+    let objects = manifests.matches("\n---\n").count() + 1;
+    let file = work.path().join("objects.yaml");
+    std::fs::write(&file, manifests).unwrap();
+    let file_arg = file.to_str().unwrap();
+
+    let first = call(with(&["apply"]));
+    let noop = call(with(&["apply"]));
+    let plan = call(with(&["plan"]));
+    assert!(plan.output.contains("No changes"), "{}", plan.output);
+    assert_eq!(noop.writes, 0, "a no-op apply writes nothing");
+
+    let rows_kubectl = kubectl_binary(&assets).map(|program| {
+        let server_side = [
+            "apply",
+            "--server-side",
+            "--field-manager",
+            "kubectl-bench",
+            "-f",
+            file_arg,
+            "--kubeconfig",
+            kubeconfig.as_str(),
+        ];
+        let first = kubectl(&program, &server_side);
+        let noop = kubectl(&program, &server_side);
+        let diff = kubectl(
+            &program,
+            &[
+                "diff",
+                "--server-side",
+                "--field-manager",
+                "kubectl-bench",
+                "-f",
+                file_arg,
+                "--kubeconfig",
+                kubeconfig.as_str(),
+            ],
+        );
+        (first, noop, diff)
+    });
+
+    println!();
+    println!(
+        "{functions} functions, {objects} objects, one kube-apiserver {} + etcd on loopback",
+        plane.server
+    );
+    println!();
+    println!("| step | meshops | requests | writes | kubectl | requests | writes | speed-up |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let ms = |d: Duration| format!("{:.2} s", d.as_secs_f64());
+    let steps = [
+        ("first apply", &first, "apply --server-side", 0),
+        ("no-op apply", &noop, "apply --server-side (again)", 1),
+        ("no-change plan", &plan, "diff --server-side", 2),
+    ];
+    for (name, ours, theirs_name, index) in steps {
+        match &rows_kubectl {
+            Some(k) => {
+                let theirs = [&k.0, &k.1, &k.2][index];
+                println!(
+                    "| {name} (kubectl {theirs_name}) | {} | {} | {} | {} | {} | {} | {:.1}× |",
+                    ms(ours.elapsed),
+                    ours.requests,
+                    ours.writes,
+                    ms(theirs.elapsed),
+                    theirs.requests,
+                    theirs.writes,
+                    theirs.elapsed.as_secs_f64() / ours.elapsed.as_secs_f64()
+                );
+            }
+            None => println!(
+                "| {name} | {} | {} | {} | (no kubectl) | | | |",
+                ms(ours.elapsed),
+                ours.requests,
+                ours.writes
+            ),
+        }
+    }
+}
