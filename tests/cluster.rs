@@ -308,9 +308,16 @@ async fn status_is_written_on_the_crs_meshops_runs() {
     let (server, cluster) = fresh();
     let objects = desired(&staging());
     let (plan, _) = apply(&cluster, &objects).await;
-    let written = sync::write_status(&cluster, &objects, &plan, "abc123", "2026-11-21T00:00:00Z")
-        .await
-        .unwrap();
+    let written = sync::write_status(
+        &cluster,
+        &objects,
+        &plan,
+        "abc123",
+        "2026-11-21T00:00:00Z",
+        &Default::default(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         written, 6,
         "alerts, anomaly-scorer, notifier and the three mesh children"

@@ -309,7 +309,21 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
             .round(jiff::Unit::Second)
             .map(|t| t.to_string())
             .unwrap_or_default();
-        sync::write_status(&p.cluster, &p.desired, &p.plan, &p.options.revision, &now).await?;
+        // After a wait the StatefulSets have moved on: read them again.
+        let observed = if args.wait {
+            Default::default()
+        } else {
+            report.observed
+        };
+        sync::write_status(
+            &p.cluster,
+            &p.desired,
+            &p.plan,
+            &p.options.revision,
+            &now,
+            &observed,
+        )
+        .await?;
         eprintln!("{}", cost(&p.cluster));
         rollout?;
         if args.wait {

@@ -109,13 +109,36 @@ pub async fn fetch(
         .chain(inventory.iter().map(|e| e.object.clone()))
         .filter(|r| !objects.contains_key(r))
         .collect();
-    let found: Vec<Result<Option<Value>, ClusterError>> = stream::iter(&unlisted)
-        .map(|reference| cluster.get(reference))
+    // One GET for a lone missing object; one LIST without the label for a scope with more
+    // (a first apply), so the cost stays per scope, not per object.
+    let mut by_scope: BTreeMap<(&str, &str, &str), Vec<&ObjectRef>> = BTreeMap::new();
+    for r in &unlisted {
+        by_scope
+            .entry((&r.api_version, &r.kind, &r.namespace))
+            .or_default()
+            .push(r);
+    }
+    let lookups: Vec<Result<Vec<Value>, ClusterError>> = stream::iter(by_scope)
+        .map(|((api_version, kind, namespace), wanted)| async move {
+            if let [one] = wanted.as_slice() {
+                return Ok(cluster.get(one).await?.into_iter().collect());
+            }
+            let names: BTreeSet<&str> = wanted.iter().map(|r| r.name.as_str()).collect();
+            let all = match cluster.list(api_version, kind, namespace, "").await {
+                Ok(items) => items,
+                Err(ClusterError::NamespaceMissing { .. }) => Vec::new(),
+                Err(e) => return Err(e),
+            };
+            Ok(all
+                .into_iter()
+                .filter(|o| names.contains(o["metadata"]["name"].as_str().unwrap_or_default()))
+                .collect())
+        })
         .buffered(CONCURRENCY)
         .collect()
         .await;
-    for item in found {
-        if let Some(item) = item? {
+    for found in lookups {
+        for item in found? {
             objects.insert(ObjectRef::of(&item), item);
         }
     }
@@ -274,6 +297,26 @@ pub struct Report {
     pub deleted: Vec<ObjectRef>,
     /// Deletes the server refused; they stay in the inventory.
     pub failed_deletes: Vec<(ObjectRef, String)>,
+    /// The Functions, Sources, Sinks and StatefulSets as the server answered the apply, cut
+    /// to what their status is made from (so writing it needs no GET).
+    pub observed: BTreeMap<ObjectRef, Value>,
+}
+
+/// What [`super::rollout::cr_status`] reads of a CR or a StatefulSet.
+fn status_view(value: &Value) -> Option<Value> {
+    let meta = &value["metadata"];
+    match value["kind"].as_str()? {
+        "Function" | "Source" | "Sink" => Some(json!({
+            "apiVersion": value["apiVersion"], "kind": value["kind"],
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "generation": meta["generation"]},
+        })),
+        "StatefulSet" => Some(json!({
+            "metadata": {"generation": meta["generation"]},
+            "spec": {"replicas": value["spec"]["replicas"], "selector": value["spec"]["selector"]},
+            "status": value["status"],
+        })),
+        _ => None,
+    }
 }
 
 /// Told about every object as it is applied or deleted (a progress bar, log lines).
@@ -461,6 +504,9 @@ pub async fn execute_with(
             if action != Action::Unchanged {
                 progress.done(&reference, action);
                 report.applied.push(reference.clone());
+                if let Some(view) = status_view(&applied) {
+                    report.observed.insert(reference.clone(), view);
+                }
             }
             fingerprints.insert(reference, fingerprint(&applied));
         }
@@ -549,16 +595,18 @@ pub fn rollouts(plan: &Plan) -> Vec<ObjectRef> {
 
 /// Writes status on the Functions, Sources and Sinks meshops runs itself (native mode: the
 /// CR is marked unmanaged for the operator) whose CR or workload this apply wrote, from the
-/// StatefulSet as it is now.
+/// StatefulSet as it is now: taken from `observed` (what the apply answered) when it is there,
+/// read otherwise (after a rollout wait). Bounded concurrency, as the apply.
 pub async fn write_status(
     cluster: &Cluster,
     desired: &[Object],
     plan: &Plan,
     revision: &str,
     now: &str,
+    observed: &BTreeMap<ObjectRef, Value>,
 ) -> Result<usize, ClusterError> {
-    let touched = rollouts(plan);
-    let mut written = 0;
+    let touched: BTreeSet<ObjectRef> = rollouts(plan).into_iter().collect();
+    let mut work = Vec::new();
     for object in desired {
         let component = match object.kind() {
             "Function" => "function",
@@ -576,16 +624,36 @@ pub async fn write_status(
             namespace: cr.namespace.clone(),
             name: format!("{}-{component}", cr.name),
         };
-        if !touched.contains(&statefulset) {
-            continue;
+        if touched.contains(&statefulset) {
+            work.push((cr, statefulset));
         }
-        let Some(live_cr) = cluster.get(&cr).await? else {
-            continue;
-        };
-        let live_sts = cluster.get(&statefulset).await?;
-        let status = super::rollout::cr_status(&live_cr, live_sts.as_ref(), revision, now);
-        retrying(|| cluster.apply_status(&status)).await?;
-        written += 1;
+    }
+    let known = |reference: &ObjectRef| observed.get(reference).cloned();
+    let results: Vec<Result<bool, ClusterError>> = stream::iter(work)
+        .map(|(cr, statefulset)| async move {
+            let live_cr = match known(&cr) {
+                Some(value) => value,
+                None => match cluster.get(&cr).await? {
+                    Some(value) => value,
+                    None => return Ok(false),
+                },
+            };
+            let live_sts = match known(&statefulset) {
+                Some(value) => Some(value),
+                None => cluster.get(&statefulset).await?,
+            };
+            let status = super::rollout::cr_status(&live_cr, live_sts.as_ref(), revision, now);
+            retrying(|| cluster.apply_status(&status)).await?;
+            Ok(true)
+        })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await;
+    let mut written = 0;
+    for result in results {
+        if result? {
+            written += 1;
+        }
     }
     Ok(written)
 }
