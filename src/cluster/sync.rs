@@ -12,7 +12,7 @@ use crate::plan::{self, fingerprint, Action, InventoryEntry, ObjectRef, Plan};
 use crate::render::{Object, SOURCE_LABEL};
 
 /// Requests in flight at once inside one apply phase.
-const CONCURRENCY: usize = 8;
+const CONCURRENCY: usize = 16;
 /// Tries of one request that failed transiently (409 without force, 429, 5xx, timeouts).
 const ATTEMPTS: u32 = 4;
 
