@@ -467,6 +467,7 @@ pub async fn execute_with(
     let mut report = Report::default();
     let phases: BTreeSet<u8> = desired.iter().map(|o| o.phase).collect();
     for phase in phases {
+        let started = std::time::Instant::now();
         let batch: Vec<(ObjectRef, Action, Value)> = desired
             .iter()
             .filter(|o| o.phase == phase)
@@ -494,6 +495,7 @@ pub async fn execute_with(
             .buffered(CONCURRENCY)
             .collect()
             .await;
+        tracing::debug!(phase, objects = results.len(), elapsed = ?started.elapsed(), "applied phase");
         for result in results {
             let (reference, applied) = result?;
             if let (Some(key), Some(uid)) =
