@@ -2,13 +2,15 @@
 //!
 //! The modules follow the pipeline of `docs/` and DESIGN.md: [`load`] reads a tree into
 //! documents with source positions, [`model`] types them, [`validate`] checks them,
-//! [`render`] turns them into Kubernetes objects and [`plan`] compares those with the cluster;
-//! the [`cli`] wires the stages to commands.
+//! [`render`] turns them into Kubernetes objects and [`plan`] compares those with the cluster
+//! that [`cluster`] reads and writes; [`reconcile`] is one pass through all of it, and the
+//! [`cli`] wires the stages to commands.
 
 pub mod cli;
 pub mod cluster;
 pub mod load;
 pub mod model;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod validate;

@@ -4,14 +4,13 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::Context;
-use sha2::{Digest, Sha256};
 
 use super::render::{desired, source_name, ModeArg};
 use super::{exit, LoadArgs};
 use crate::cluster::sync::{self, SyncOptions};
-use crate::cluster::{rollout, Cluster};
-use crate::plan::{self, Plan};
-use crate::render::{Object, SPEC_HASH};
+use crate::cluster::Cluster;
+use crate::plan;
+use crate::reconcile::{self, Pass};
 
 pub const PLAN_AFTER_HELP: &str = "\
 Reads the cluster with one LIST per kind and namespace, decides what changed from the spec-hash
@@ -127,10 +126,7 @@ pub struct ApplyArgs {
 
 struct Prepared {
     cluster: Cluster,
-    desired: Vec<Object>,
-    live: sync::Live,
-    plan: Plan,
-    options: SyncOptions,
+    pass: Pass,
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -149,19 +145,6 @@ fn cluster_command(
             Ok(exit::INVALID)
         }
     }
-}
-
-/// A content hash of the desired state, the revision when no commit is given.
-fn content_revision(desired: &[Object]) -> String {
-    let mut hasher = Sha256::new();
-    for object in desired {
-        hasher.update(
-            object.value["metadata"]["annotations"][SPEC_HASH]
-                .as_str()
-                .unwrap_or_default(),
-        );
-    }
-    format!("sha256:{:x}", hasher.finalize())
 }
 
 /// What apply does beyond what plan does.
@@ -189,18 +172,11 @@ async fn prepare(args: &ClusterArgs, choices: ApplyChoices) -> anyhow::Result<Op
         allow_empty: choices.allow_empty,
         revision: choices
             .revision
-            .unwrap_or_else(|| content_revision(&desired)),
+            .unwrap_or_else(|| reconcile::content_revision(&desired)),
         take_over: choices.take_over,
     };
-    let live = sync::fetch(&cluster, &desired, &options).await?;
-    let plan = plan::plan(&desired, &live.objects, &live.inventory);
-    Ok(Some(Prepared {
-        cluster,
-        desired,
-        live,
-        plan,
-        options,
-    }))
+    let pass = reconcile::plan(&cluster, desired, options).await?;
+    Ok(Some(Prepared { cluster, pass }))
 }
 
 fn cost(cluster: &Cluster) -> String {
@@ -226,19 +202,19 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
         let Some(p) = prepare(&args.cluster, choices).await? else {
             return Ok(exit::INVALID);
         };
-        let diffs = sync::diffs(&p.cluster, &p.plan, &p.desired, &p.live).await?;
+        let diffs = reconcile::diffs(&p.cluster, &p.pass).await?;
         let text = match args.output {
-            PlanOutput::Text => plan::text(&p.plan, &diffs),
-            PlanOutput::Markdown => plan::markdown(&p.plan, &diffs),
+            PlanOutput::Text => plan::text(&p.pass.plan, &diffs),
+            PlanOutput::Markdown => plan::markdown(&p.pass.plan, &diffs),
             PlanOutput::Json => {
                 serde_json::to_string_pretty(
-                    &serde_json::json!({"plan": p.plan, "diffs": diffs.iter().map(|(k, v)| (k.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(), "summary": p.plan.summary()}),
+                    &serde_json::json!({"plan": p.pass.plan, "diffs": diffs.iter().map(|(k, v)| (k.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(), "summary": p.pass.plan.summary()}),
                 )? + "\n"
             }
         };
         std::io::stdout().lock().write_all(text.as_bytes())?;
         eprintln!("{}", cost(&p.cluster));
-        Ok(if args.detailed_exitcode && p.plan.has_changes() {
+        Ok(if args.detailed_exitcode && p.pass.plan.has_changes() {
             exit::CHANGES
         } else {
             exit::OK
@@ -258,22 +234,36 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
             return Ok(exit::INVALID);
         };
         let mut stdout = std::io::stdout().lock();
-        stdout.write_all(plan::text(&p.plan, &Default::default()).as_bytes())?;
-        // Nothing changed and this revision is already recorded: no write at all.
-        let in_sync =
-            !p.plan.has_changes() && p.live.revision.as_ref() == Some(&p.options.revision);
-        if args.dry_run || in_sync {
+        stdout.write_all(plan::text(&p.pass.plan, &Default::default()).as_bytes())?;
+        if args.dry_run || p.pass.in_sync() {
             eprintln!("{}", cost(&p.cluster));
             return Ok(exit::OK);
         }
-        let total = p.plan.changes.iter().filter(|c| c.action.writes()).count();
+        let wait = args.wait.then_some(args.timeout);
+        if let Some(timeout) = wait {
+            eprintln!(
+                "will wait up to {} for {} StatefulSets to roll out",
+                humantime::format_duration(timeout),
+                sync::rollouts(&p.pass.plan).len()
+            );
+        }
+        let total = p
+            .pass
+            .plan
+            .changes
+            .iter()
+            .filter(|c| c.action.writes())
+            .count();
         let progress = ApplyProgress::new(total as u64);
-        let report = sync::execute_with(
-            &p.cluster, &p.plan, &p.desired, &p.live, &p.options, &progress,
-        )
-        .await;
+        // The status says how far the rollout got, whether it finished or not.
+        let now = jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .map(|t| t.to_string())
+            .unwrap_or_default();
+        let applied = reconcile::apply(&p.cluster, &p.pass, wait, &now, &progress).await;
         progress.finish();
-        let report = report?;
+        let applied = applied?;
+        let report = &applied.report;
         let objects = |n: usize| {
             if n == 1 {
                 "1 object".to_owned()
@@ -293,40 +283,9 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
                 "could not delete {object}: {error} (kept in the inventory)"
             )?;
         }
-        let rollout = if args.wait {
-            let statefulsets = sync::rollouts(&p.plan);
-            eprintln!(
-                "waiting up to {} for {} StatefulSets to roll out",
-                humantime::format_duration(args.timeout),
-                statefulsets.len()
-            );
-            rollout::wait(&p.cluster, &statefulsets, args.timeout).await
-        } else {
-            Ok(())
-        };
-        // The status says how far the rollout got, whether it finished or not.
-        let now = jiff::Timestamp::now()
-            .round(jiff::Unit::Second)
-            .map(|t| t.to_string())
-            .unwrap_or_default();
-        // After a wait the StatefulSets have moved on: read them again.
-        let observed = if args.wait {
-            Default::default()
-        } else {
-            report.observed
-        };
-        sync::write_status(
-            &p.cluster,
-            &p.desired,
-            &p.plan,
-            &p.options.revision,
-            &now,
-            &observed,
-        )
-        .await?;
         eprintln!("{}", cost(&p.cluster));
-        rollout?;
-        if args.wait {
+        applied.rollout?;
+        if wait.is_some() {
             writeln!(stdout, "Rolled out.")?;
         }
         Ok(if report.failed_deletes.is_empty() {
@@ -365,13 +324,14 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
             "REVISION".into(),
         ]];
         for object in p
+            .pass
             .desired
             .iter()
             .filter(|o| matches!(o.kind(), "Function" | "Source" | "Sink"))
         {
             let cr = crate::plan::ObjectRef::of(&object.value);
             let workload = format!("{}-{}", cr.name, cr.kind.to_ascii_lowercase());
-            let sts = p.live.objects.values().find(|v| {
+            let sts = p.pass.live.objects.values().find(|v| {
                 v["kind"] == "StatefulSet"
                     && v["metadata"]["name"] == workload.as_str()
                     && v["metadata"]["namespace"] == cr.namespace.as_str()
@@ -385,6 +345,7 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
                 None => "-".into(),
             };
             let own: Vec<&crate::plan::Change> = p
+                .pass
                 .plan
                 .changes
                 .iter()
@@ -399,7 +360,7 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
             } else {
                 let fields: Vec<String> = own
                     .iter()
-                    .filter_map(|c| p.live.objects.get(&c.object))
+                    .filter_map(|c| p.pass.live.objects.get(&c.object))
                     .flat_map(crate::plan::foreign_fields)
                     .collect();
                 if fields.is_empty() {
@@ -409,11 +370,12 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
                 }
             };
             let revision = p
+                .pass
                 .live
                 .objects
                 .get(&cr)
                 .and_then(|v| v["status"]["revision"].as_str().map(str::to_owned))
-                .or_else(|| p.live.revision.clone())
+                .or_else(|| p.pass.live.revision.clone())
                 .unwrap_or_else(|| "-".into());
             rows.push([
                 cr.kind.clone(),
