@@ -159,27 +159,11 @@ fn main() {
             cluster.apply(&object, false).await.unwrap();
         }
         // Established before anything is applied.
-        for (_, plural) in CRD_KINDS {
-            let name = format!("{plural}.compute.functionmesh.io");
-            for _ in 0..100 {
-                let reference = meshops::plan::ObjectRef {
-                    api_version: "apiextensions.k8s.io/v1".into(),
-                    kind: "CustomResourceDefinition".into(),
-                    namespace: String::new(),
-                    name: name.clone(),
-                };
-                let live = cluster.get(&reference).await.unwrap().unwrap();
-                let established = live["status"]["conditions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|c| c["type"] == "Established" && c["status"] == "True");
-                if established {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
+        let names: Vec<String> = CRD_KINDS
+            .iter()
+            .map(|(_, plural)| format!("{plural}.compute.functionmesh.io"))
+            .collect();
+        control_plane::wait_established(&cluster, &names).await;
     });
 
     let repo_arg = repo.to_str().unwrap();
@@ -222,22 +206,9 @@ fn main() {
     assert_eq!(noop.writes, 0, "a no-op apply writes nothing");
 
     let rows_kubectl = kubectl_binary(&assets).map(|program| {
-        let server_side = [
-            "apply",
-            "--server-side",
-            "--field-manager",
-            "kubectl-bench",
-            "-f",
-            file_arg,
-            "--kubeconfig",
-            kubeconfig.as_str(),
-        ];
-        let first = kubectl(&program, &server_side);
-        let noop = kubectl(&program, &server_side);
-        let diff = kubectl(
-            &program,
-            &[
-                "diff",
+        let args = |verb: &'static str| {
+            vec![
+                verb,
                 "--server-side",
                 "--field-manager",
                 "kubectl-bench",
@@ -245,8 +216,11 @@ fn main() {
                 file_arg,
                 "--kubeconfig",
                 kubeconfig.as_str(),
-            ],
-        );
+            ]
+        };
+        let first = kubectl(&program, &args("apply"));
+        let noop = kubectl(&program, &args("apply"));
+        let diff = kubectl(&program, &args("diff"));
         (first, noop, diff)
     });
 

@@ -13,7 +13,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -243,31 +243,6 @@ async fn assert_read_back(cluster: &Cluster, objects: &[Value]) -> usize {
     objects.len()
 }
 
-async fn wait_established(cluster: &Cluster, names: &[String]) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    for name in names {
-        let crd = reference(
-            "apiextensions.k8s.io/v1",
-            "CustomResourceDefinition",
-            "",
-            name,
-        );
-        loop {
-            let live = cluster.get(&crd).await.unwrap().unwrap();
-            let established = live["status"]["conditions"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|c| c["type"] == "Established" && c["status"] == "True");
-            if established {
-                break;
-            }
-            assert!(Instant::now() < deadline, "CRD {name} not Established");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
 fn dynamic(cluster: &Cluster, gvk: (&str, &str, &str), namespace: &str) -> Api<DynamicObject> {
     let (group, version, kind) = gvk;
     let resource = kube::core::ApiResource::from_gvk(&GroupVersionKind::gvk(group, version, kind));
@@ -366,7 +341,7 @@ async fn e2e_against_a_real_api_server() {
         cluster.apply(crd, false).await.unwrap();
         names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
     }
-    wait_established(&cluster, &names).await;
+    control_plane::wait_established(&cluster, &names).await;
     steps.done("CRDs from `meshops crds` (5) and Istio/VPA/Prometheus (4) applied and Established");
 
     // A missing namespace: a clear error, nothing applied.
@@ -485,11 +460,7 @@ async fn e2e_against_a_real_api_server() {
     );
     let out = run(with(&["apply", repo_arg, "--revision", "rev-1"]));
     out.exits(0);
-    let live = statefulsets.get("alerts-function").await.unwrap();
-    assert_eq!(
-        live.data["spec"]["template"]["spec"]["containers"][0]["image"],
-        image
-    );
+    assert_eq!(image_of(&statefulsets, "alerts-function").await, image);
     let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
     out.exits(0);
     steps.done("kubectl-edit merge patch: plan names manager and field, apply restores");
@@ -513,11 +484,7 @@ async fn e2e_against_a_real_api_server() {
     out.prints("changed in the cluster by sre-hotfix (");
     let out = run(with(&["apply", repo_arg, "--revision", "rev-1"]));
     out.exits(0);
-    let live = statefulsets.get("alerts-function").await.unwrap();
-    assert_eq!(
-        live.data["spec"]["template"]["spec"]["containers"][0]["image"],
-        image
-    );
+    assert_eq!(image_of(&statefulsets, "alerts-function").await, image);
     steps.done("SSA by another manager: plan names it, apply takes the field back");
 
     // What an HPA does, through the scale subresource: no diff.

@@ -271,3 +271,30 @@ impl ControlPlane {
         ))
     }
 }
+
+/// Waits until every named CustomResourceDefinition is Established (at most 30 s): its kinds
+/// are served from then on.
+pub async fn wait_established(cluster: &meshops::cluster::Cluster, names: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for name in names {
+        let crd = meshops::plan::ObjectRef {
+            api_version: "apiextensions.k8s.io/v1".into(),
+            kind: "CustomResourceDefinition".into(),
+            namespace: String::new(),
+            name: name.clone(),
+        };
+        loop {
+            let live = cluster.get(&crd).await.unwrap().unwrap_or_default();
+            let established = live["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Established" && c["status"] == "True");
+            if established {
+                break;
+            }
+            assert!(Instant::now() < deadline, "CRD {name} not Established");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
