@@ -442,7 +442,7 @@ fn yaml_output_reads_back_exactly() {
                       "data": {"a": "yes", "b": "0x10", "c": "1e3", "d": "multi\nline\n"}}),
     });
     for object in &objects {
-        let text = yaml_document(object);
+        let text = yaml_document(object.clone());
         assert!(text.starts_with("---\n"), "{text}");
         let back: Value =
             serde_yaml::from_str(&text[4..]).unwrap_or_else(|e| panic!("{e}: {text}"));
@@ -451,12 +451,12 @@ fn yaml_output_reads_back_exactly() {
         assert_eq!(docs.len(), 1);
     }
     // YAML 1.1 readers (Kubernetes') take these for numbers when plain.
-    let text = yaml_document(objects.last().unwrap());
+    let text = yaml_document(objects.last().unwrap().clone());
     assert!(
         text.contains("b: '0x10'") || text.contains("b: \"0x10\""),
         "{text}"
     );
-    let tricky_text = yaml_document(&objects[objects.len() - 2]);
+    let tricky_text = yaml_document(objects[objects.len() - 2].clone());
     for number in ["1_000", "0b101", "0o17", "0X1F"] {
         assert!(
             tricky_text.contains(&format!("\"{number}\"")),

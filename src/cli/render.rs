@@ -96,7 +96,7 @@ pub fn desired(
 
 /// One object as printed: a YAML document, or an element of the pretty JSON array (indented
 /// as `serde_json::to_string_pretty` indents the elements of an array).
-fn text(object: &Object, output: Output) -> String {
+fn text(object: Object, output: Output) -> String {
     match output {
         Output::Yaml => yaml_document(object),
         Output::Json => serde_json::to_string_pretty(&object.value)
@@ -124,7 +124,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     // Each object becomes text on the thread that rendered it and is dropped there.
     let texts: Vec<Option<String>> = render_each(&checked, &settings, &source, |object| {
-        wanted(&object).then(|| text(&object, args.output))
+        wanted(&object).then(|| text(object, args.output))
     })?;
     drop(checked);
     let texts = texts.into_iter().flatten();

@@ -426,8 +426,9 @@ pub fn settings_of(checked: &[Checked]) -> RenderSettings {
 /// yaml-rust2's emitter writes the document (several times faster than libyaml's, which was
 /// most of `meshops render`'s time). Neither quotes every YAML 1.1 number (`1_000`, `0b101`,
 /// `0X1F`) that Kubernetes' YAML reader still honours, so a document holding such a string is
-/// written as JSON, which is YAML in which every string is quoted.
-pub fn yaml_document(object: &Object) -> String {
+/// written as JSON, which is YAML in which every string is quoted. The object is consumed:
+/// its strings move into the emitter's tree instead of being copied.
+pub fn yaml_document(object: Object) -> String {
     if has_ambiguous_string(&object.value) {
         let json = serde_json::to_string_pretty(&object.value).unwrap_or_default();
         return format!("---\n{json}\n");
@@ -436,25 +437,25 @@ pub fn yaml_document(object: &Object) -> String {
     let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
     emitter.multiline_strings(true);
     // Writing into a String cannot fail.
-    let _ = emitter.dump(&yaml_node(&object.value));
+    let _ = emitter.dump(&yaml_node(object.value));
     out.push('\n');
     out
 }
 
-fn yaml_node(value: &Value) -> yaml_rust2::Yaml {
+fn yaml_node(value: Value) -> yaml_rust2::Yaml {
     use yaml_rust2::Yaml;
     match value {
         Value::Null => Yaml::Null,
-        Value::Bool(b) => Yaml::Boolean(*b),
+        Value::Bool(b) => Yaml::Boolean(b),
         Value::Number(n) => match n.as_i64() {
             Some(i) => Yaml::Integer(i),
             None => Yaml::Real(n.to_string()),
         },
-        Value::String(s) => Yaml::String(s.clone()),
-        Value::Array(items) => Yaml::Array(items.iter().map(yaml_node).collect()),
+        Value::String(s) => Yaml::String(s),
+        Value::Array(items) => Yaml::Array(items.into_iter().map(yaml_node).collect()),
         Value::Object(map) => Yaml::Hash(
-            map.iter()
-                .map(|(k, v)| (Yaml::String(k.clone()), yaml_node(v)))
+            map.into_iter()
+                .map(|(k, v)| (Yaml::String(k), yaml_node(v)))
                 .collect(),
         ),
     }

@@ -11,7 +11,10 @@ use serde_json::Value;
 
 /// The objects as `meshops render` prints them.
 pub fn to_yaml(objects: &[Object]) -> String {
-    objects.iter().map(meshops::render::yaml_document).collect()
+    objects
+        .iter()
+        .map(|o| meshops::render::yaml_document(o.clone()))
+        .collect()
 }
 
 /// Validates and renders `path`, with its meshops.yaml unless `settings` are given.
