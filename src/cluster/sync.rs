@@ -250,9 +250,11 @@ type Owners = BTreeMap<(String, String, String), String>;
 /// The key of a Function/Source/Sink in [`Owners`].
 fn owner_key(value: &Value) -> Option<(String, String, String)> {
     let kind = value["kind"].as_str()?;
-    matches!(kind, "Function" | "Source" | "Sink")
-        .then_some(())
-        .filter(|_| value["apiVersion"] == crate::model::FUNCTION_MESH_API_VERSION)?;
+    let component = matches!(kind, "Function" | "Source" | "Sink")
+        && value["apiVersion"] == crate::model::FUNCTION_MESH_API_VERSION;
+    if !component {
+        return None;
+    }
     Some((
         value["metadata"]["namespace"].as_str()?.to_owned(),
         kind.to_owned(),
