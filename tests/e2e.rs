@@ -273,7 +273,7 @@ async fn e2e_against_a_real_api_server() {
         eprintln!(
             "\n=====================================================================\n\
              skipped: no cluster (no kube-apiserver/etcd in $KUBEBUILDER_ASSETS or \
-             /usr/local/kubebuilder/bin, and MESHOPS_E2E_KUBECONFIG is not set; see DEVELOPERS.md)\n\
+             /usr/local/kubebuilder/bin, and MESHOPS_E2E_KUBECONFIG is not set; see docs/DEVELOPERS.md)\n\
              =====================================================================\n"
         );
         return;
