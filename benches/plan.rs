@@ -9,7 +9,6 @@ mod support;
 use common::generate;
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshops::cluster::sync::{self, SyncOptions};
-use meshops::cluster::Cluster;
 use meshops::load::{LoadOptions, Tree};
 use meshops::model::RenderSettings;
 use meshops::plan;
@@ -34,13 +33,13 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let server = FakeApiServer::new(&["default", "bench"], true);
     runtime.block_on(async {
-        let cluster = Cluster::with_service(server.service());
+        let cluster = server.cluster().await;
         let live = sync::fetch(&cluster, &desired, &options).await.unwrap();
         let plan = plan::plan(&desired, &live.objects, &live.inventory);
         sync::execute(&cluster, &plan, &desired, &live, &options)
             .await
             .unwrap();
-        let cluster = Cluster::with_service(server.service());
+        let cluster = server.cluster().await;
         let live = sync::fetch(&cluster, &desired, &options).await.unwrap();
         let plan = plan::plan(&desired, &live.objects, &live.inventory);
         assert!(!plan.has_changes());
@@ -54,7 +53,7 @@ fn bench(c: &mut Criterion) {
     c.bench_function("no-change plan, 1000 functions", |b| {
         b.iter(|| {
             runtime.block_on(async {
-                let cluster = Cluster::with_service(server.service());
+                let cluster = server.cluster().await;
                 let live = sync::fetch(&cluster, &desired, &options).await.unwrap();
                 plan::plan(&desired, &live.objects, &live.inventory)
             })

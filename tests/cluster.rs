@@ -57,15 +57,15 @@ async fn apply(cluster: &Cluster, desired: &[Object]) -> (Plan, sync::Report) {
     (plan, report)
 }
 
-fn fresh() -> (FakeApiServer, Cluster) {
+async fn fresh() -> (FakeApiServer, Cluster) {
     let server = FakeApiServer::new(&["default", "staging"], true);
-    let cluster = Cluster::with_service(server.service());
+    let cluster = server.cluster().await;
     (server, cluster)
 }
 
 #[tokio::test]
 async fn fresh_apply_creates_everything_with_owner_references() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     let objects = desired(&staging());
     let (plan, report) = apply(&cluster, &objects).await;
     assert_eq!(plan.count(Action::Create), objects.len());
@@ -99,10 +99,10 @@ async fn fresh_apply_creates_everything_with_owner_references() {
 
 #[tokio::test]
 async fn a_reapply_without_changes_costs_lists_only_and_writes_nothing() {
-    let (_server, first) = fresh();
+    let (_server, first) = fresh().await;
     let objects = desired(&staging());
     apply(&first, &objects).await;
-    let cluster = Cluster::with_service(_server.service());
+    let cluster = _server.cluster().await;
     let (live, plan) = plan_against(&cluster, &objects).await;
     assert!(
         !plan.has_changes(),
@@ -135,7 +135,7 @@ async fn a_reapply_without_changes_costs_lists_only_and_writes_nothing() {
 
 #[tokio::test]
 async fn a_foreign_edit_is_drift_and_apply_restores_it() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     let objects = desired(&staging());
     apply(&cluster, &objects).await;
     server.edit(
@@ -169,7 +169,7 @@ async fn a_foreign_edit_is_drift_and_apply_restores_it() {
 
 #[tokio::test]
 async fn removing_a_function_prunes_exactly_its_objects() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     apply(&cluster, &desired(&staging())).await;
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(staging()).unwrap() {
@@ -208,7 +208,7 @@ async fn removing_a_function_prunes_exactly_its_objects() {
 
 #[tokio::test]
 async fn a_refused_delete_stays_in_the_inventory() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     apply(&cluster, &desired(&staging())).await;
     server
         .0
@@ -234,7 +234,7 @@ async fn a_refused_delete_stays_in_the_inventory() {
 
 #[tokio::test]
 async fn an_immutable_change_recreates_the_statefulset() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     let mut objects = desired(&staging());
     apply(&cluster, &objects).await;
     let before = server.find("StatefulSet", "alerts-function").unwrap()["metadata"]["uid"].clone();
@@ -260,7 +260,7 @@ async fn an_immutable_change_recreates_the_statefulset() {
 #[tokio::test]
 async fn a_missing_crd_and_a_missing_namespace_are_named() {
     let server = FakeApiServer::new(&["default", "staging"], false);
-    let cluster = Cluster::with_service(server.service());
+    let cluster = server.cluster().await;
     let error = sync::fetch(&cluster, &desired(&staging()), &options())
         .await
         .unwrap_err();
@@ -278,7 +278,7 @@ async fn a_missing_crd_and_a_missing_namespace_are_named() {
         .contains("CustomResourceDefinition is not installed"));
 
     let server = FakeApiServer::new(&["default"], true);
-    let cluster = Cluster::with_service(server.service());
+    let cluster = server.cluster().await;
     let objects = desired(&staging());
     let error = sync::fetch(&cluster, &objects, &options())
         .await
@@ -294,7 +294,7 @@ async fn a_missing_crd_and_a_missing_namespace_are_named() {
 
 #[tokio::test]
 async fn refuses_to_prune_everything_when_the_repository_is_empty() {
-    let (_server, cluster) = fresh();
+    let (_server, cluster) = fresh().await;
     apply(&cluster, &desired(&staging())).await;
     let (live, plan) = plan_against(&cluster, &[]).await;
     let error = sync::execute(&cluster, &plan, &[], &live, &options())
@@ -305,7 +305,7 @@ async fn refuses_to_prune_everything_when_the_repository_is_empty() {
 
 #[tokio::test]
 async fn status_is_written_on_the_crs_meshops_runs() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     let objects = desired(&staging());
     let (plan, _) = apply(&cluster, &objects).await;
     let written = sync::write_status(
@@ -335,7 +335,7 @@ async fn status_is_written_on_the_crs_meshops_runs() {
 
 #[tokio::test]
 async fn an_object_without_meshops_labels_is_adopted() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     let objects = desired(&staging());
     let config_map = objects
         .iter()
@@ -370,7 +370,7 @@ async fn an_object_without_meshops_labels_is_adopted() {
 
 #[tokio::test]
 async fn an_object_of_another_source_is_a_conflict_and_nothing_is_applied() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     let objects = desired(&staging());
     let mut theirs = objects
         .iter()
@@ -410,7 +410,7 @@ async fn an_object_of_another_source_is_a_conflict_and_nothing_is_applied() {
 
 #[tokio::test]
 async fn without_the_rbac_to_write_nothing_is_applied() {
-    let (server, cluster) = fresh();
+    let (server, cluster) = fresh().await;
     server
         .0
         .lock()

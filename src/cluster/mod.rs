@@ -278,33 +278,6 @@ impl Cluster {
         })
     }
 
-    /// A cluster over any HTTP service: the test doubles use this.
-    pub fn with_service<S>(service: S) -> Cluster
-    where
-        S: tower::Service<Request<Body>, Response = http::Response<Body>> + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
-        let requests = RequestCounter::default();
-        let counter = requests.clone();
-        let layer = MapRequestLayer::new(move |request: Request<Body>| {
-            counter.record(&request);
-            request
-        });
-        let client = ClientBuilder::new(service, "default")
-            .with_layer(&layer)
-            .build();
-        Cluster {
-            client,
-            endpoint: Endpoint {
-                server: "in-process".into(),
-                context: None,
-            },
-            requests,
-            served: Mutex::new(HashMap::new()),
-        }
-    }
-
     /// The underlying client, for what the engine does not wrap (tests simulate other writers).
     pub fn client(&self) -> &Client {
         &self.client

@@ -67,13 +67,6 @@ pub fn generate(kind: Kind) -> Value {
     value
 }
 
-/// Pretty JSON with a trailing newline, the form committed under `schemas/`.
-pub fn generate_text(kind: Kind) -> String {
-    let mut text = serde_json::to_string_pretty(&generate(kind)).unwrap_or_default();
-    text.push('\n');
-    text
-}
-
 /// The operator's types and the Kubernetes core types are closed: an unknown key is a typo
 /// the API server would drop (or reject), so every object schema that lists properties and
 /// says nothing else about extra keys gets `additionalProperties: false`. Free-form fields are

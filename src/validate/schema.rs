@@ -72,11 +72,6 @@ impl Schemas {
             .map_err(String::as_str)
     }
 
-    /// Compiles the schema of `kind` now (the tests check every embedded schema this way).
-    pub fn check_compiles(&self, kind: Kind) -> Result<(), String> {
-        self.compiled(kind).map(|_| ()).map_err(str::to_owned)
-    }
-
     /// Every schema violation of `value`, as findings with the pointer of the offending field.
     pub fn check(&self, kind: Kind, value: &Value) -> Vec<Finding> {
         let compiled = match self.compiled(kind) {

@@ -194,20 +194,15 @@ impl FakeApiServer {
         FakeApiServer(Arc::new(Mutex::new(state)))
     }
 
-    pub fn service(
-        &self,
-    ) -> impl tower::Service<
-        Request<Body>,
-        Response = Response<Body>,
-        Error = Infallible,
-        Future = impl Send,
-    > + Send
-           + 'static {
-        let server = self.clone();
-        tower::service_fn(move |request: Request<Body>| {
-            let server = server.clone();
-            async move { Ok::<_, Infallible>(server.handle(request).await) }
-        })
+    /// A [`Cluster`] connected to the double the way the CLI connects: over HTTP on
+    /// 127.0.0.1, through a kubeconfig.
+    pub async fn cluster(&self) -> meshops::cluster::Cluster {
+        let url = self.listen().await;
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
+        meshops::cluster::Cluster::connect(Some(&kubeconfig), None)
+            .await
+            .unwrap()
     }
 
     /// A live object, by kind and name.
