@@ -145,6 +145,13 @@ pub enum ClusterError {
         endpoint: Endpoint,
         namespace: String,
     },
+    /// Encoding the request or reading the answer failed on this side.
+    #[error("{request} on {endpoint}: {message} (meshops could not encode the request or read the answer)")]
+    Local {
+        endpoint: Endpoint,
+        request: Box<Call>,
+        message: String,
+    },
     #[error("{request} on {endpoint}: {message} (HTTP {code})")]
     Api {
         endpoint: Endpoint,
@@ -166,7 +173,7 @@ impl ClusterError {
             ClusterError::NamespaceMissing { .. } => "namespace-missing",
             ClusterError::Api { code: 409, .. } => "conflict",
             ClusterError::Api { code: 422, .. } => "invalid",
-            ClusterError::Api { .. } => "api",
+            ClusterError::Api { .. } | ClusterError::Local { .. } => "api",
         }
     }
 
@@ -435,13 +442,12 @@ impl Cluster {
 
     /// An error of this side (encoding a request or decoding an answer), not the server's.
     fn local(&self, verb: &'static str, object: &ObjectRef, message: String) -> ClusterError {
-        ClusterError::Api {
+        ClusterError::Local {
             endpoint: self.endpoint.clone(),
             request: Box::new(Call {
                 verb,
                 object: object.clone(),
             }),
-            code: 0,
             message,
         }
     }

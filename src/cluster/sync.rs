@@ -65,9 +65,10 @@ pub enum SyncError {
 }
 
 /// Live state with one LIST per kind and namespace (plus the inventory): O(kinds ×
-/// namespaces) requests, never one GET per object. Only objects that the LIST by source label
-/// does not return (new ones, or ones another source or a person holds) are looked up one by
-/// one, so the plan can tell create from adopt and conflict.
+/// namespaces) requests, never one GET per object. Objects that the LIST by source label does
+/// not return (new ones, or ones another source or a person holds) are looked up — a GET for
+/// a lone one, an unlabelled LIST of the scope for several — so the plan can tell create from
+/// adopt and conflict.
 pub async fn fetch(
     cluster: &Cluster,
     desired: &[Object],
