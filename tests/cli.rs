@@ -120,7 +120,8 @@ fn prints_the_embedded_schemas() {
         "https://json-schema.org/draft/2020-12/schema"
     );
     let listed = stdout(&meshops(&["schema", "--list"]));
-    assert_eq!(listed.lines().count(), 9);
+    assert_eq!(listed.lines().count(), 10);
+    assert!(listed.contains("AgentConfig"), "{listed}");
 }
 
 #[test]

@@ -75,6 +75,7 @@ impl LoadArgs {
                 ..Default::default()
             },
             default_namespace: self.default_namespace.clone(),
+            ..LoadOptions::default()
         }
     }
 

@@ -8,8 +8,9 @@ use super::validate::use_color;
 use super::{exit, LoadArgs};
 use crate::model::settings::Mode;
 use crate::model::RenderSettings;
-use crate::render::{render, render_each, settings_of, yaml_document, Object};
-use crate::validate::{report, validate, Checked, Schemas, ValidateOptions};
+use crate::reconcile;
+use crate::render::{render_each, yaml_document, Object};
+use crate::validate::{report, Checked, Validation};
 
 pub const AFTER_HELP: &str = "\
 Validates first (the same diagnostics as `meshops validate`, on stderr; nothing is printed on
@@ -65,20 +66,28 @@ fn validated(
     load: &LoadArgs,
     mode: Option<ModeArg>,
 ) -> anyhow::Result<Option<(Vec<Checked>, RenderSettings)>> {
-    let validation = validate(&load.load(), &Schemas::new(), ValidateOptions::default());
-    if !validation.is_valid() {
-        let color = use_color() && std::io::IsTerminal::is_terminal(&std::io::stderr());
-        eprint!("{}", report::text(&validation, color));
-        return Ok(None);
+    match reconcile::validated(&load.load(), mode.map(Mode::from)) {
+        Ok(valid) => Ok(Some(valid)),
+        Err(validation) => {
+            print_diagnostics(&validation);
+            Ok(None)
+        }
     }
-    let mut settings = settings_of(&validation.checked);
-    if let Some(mode) = mode {
-        settings.mode = Some(match mode {
+}
+
+/// The diagnostics on stderr, coloured on a terminal.
+pub fn print_diagnostics(validation: &Validation) {
+    let color = use_color() && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    eprint!("{}", report::text(validation, color));
+}
+
+impl From<ModeArg> for Mode {
+    fn from(mode: ModeArg) -> Mode {
+        match mode {
             ModeArg::Native => Mode::Native,
             ModeArg::Operator => Mode::Operator,
-        });
+        }
     }
-    Ok(Some((validation.checked, settings)))
 }
 
 /// Loads, validates and renders: the desired state of a source. `None` when the manifests
@@ -88,10 +97,14 @@ pub fn desired(
     mode: Option<ModeArg>,
     source: &str,
 ) -> anyhow::Result<Option<Vec<Object>>> {
-    let Some((checked, settings)) = validated(load, mode)? else {
-        return Ok(None);
-    };
-    Ok(Some(render(&checked, &settings, source)?))
+    match reconcile::desired(&load.load(), mode.map(Mode::from), source) {
+        Ok(desired) => Ok(Some(desired)),
+        Err(reconcile::ReconcileError::Invalid(validation)) => {
+            print_diagnostics(&validation);
+            Ok(None)
+        }
+        Err(other) => Err(other.into()),
+    }
 }
 
 /// One object as printed: a YAML document, or an element of the pretty JSON array (indented

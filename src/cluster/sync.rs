@@ -62,6 +62,8 @@ pub enum SyncError {
         endpoint: super::Endpoint,
         denied: Vec<String>,
     },
+    #[error("stopped between apply phases (shutting down); the next pass finishes the apply")]
+    Stopped,
 }
 
 /// Live state with one LIST per kind and namespace (plus the inventory): O(kinds ×
@@ -326,6 +328,12 @@ fn status_view(value: &Value) -> Option<Value> {
 /// Told about every object as it is applied or deleted (a progress bar, log lines).
 pub trait Progress: Sync {
     fn done(&self, object: &ObjectRef, action: Action);
+
+    /// Asked before each apply phase: true stops the apply there (the agent's shutdown), so a
+    /// phase is never cut in half.
+    fn stopped(&self) -> bool {
+        false
+    }
 }
 
 /// No progress reporting.
@@ -470,6 +478,9 @@ pub async fn execute_with(
     let mut report = Report::default();
     let phases: BTreeSet<u8> = desired.iter().map(|o| o.phase).collect();
     for phase in phases {
+        if progress.stopped() {
+            return Err(SyncError::Stopped);
+        }
         let started = std::time::Instant::now();
         let batch: Vec<(ObjectRef, Action, Value)> = desired
             .iter()

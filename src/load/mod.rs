@@ -81,6 +81,7 @@ pub struct LoadOptions {
     pub limits: Limits,
     /// Namespace for objects that do not name one.
     pub default_namespace: String,
+    pub purpose: Purpose,
 }
 
 impl Default for LoadOptions {
@@ -88,8 +89,28 @@ impl Default for LoadOptions {
         LoadOptions {
             limits: Limits::default(),
             default_namespace: "default".into(),
+            purpose: Purpose::Source,
         }
     }
+}
+
+/// What the files are: a source's manifests, or the agent's configuration file. Each refuses
+/// the other's documents, so neither can be mistaken for the other.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Purpose {
+    #[default]
+    Source,
+    AgentConfig,
+}
+
+/// A file as whoever holds the tree hands it over: read from disk by [`Tree::add_path`], or
+/// taken from a commit's tree by the agent (no work tree). Both are parsed the same way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FileEntry {
+    /// The path shown in diagnostics.
+    pub path: PathBuf,
+    /// The bytes, or why there are none (unreadable, over the size limit).
+    pub content: Result<Vec<u8>, LoadError>,
 }
 
 /// A file that was read, kept for showing source lines in diagnostics.
@@ -155,6 +176,10 @@ pub enum LoadError {
     MissingType { field: &'static str },
     #[error("a Settings document belongs in meshops.yaml at the root of the source")]
     MisplacedSettings,
+    #[error("an AgentConfig belongs in the file given to `meshops agent --config`, not in a source")]
+    MisplacedAgentConfig,
+    #[error("the agent's config file holds one meshops.io/v1alpha1 AgentConfig document, not a {kind}")]
+    NotAgentConfig { kind: String },
     #[error("{kind} is cluster-scoped; meshops only manages namespaced objects")]
     ClusterScoped { kind: String },
     #[error(
@@ -177,6 +202,8 @@ impl LoadError {
             LoadError::NotAMapping => "not-a-mapping",
             LoadError::MissingType { .. } => "missing-type",
             LoadError::MisplacedSettings => "misplaced-settings",
+            LoadError::MisplacedAgentConfig => "misplaced-agent-config",
+            LoadError::NotAgentConfig { .. } => "not-agent-config",
             LoadError::ClusterScoped { .. } => "cluster-scoped-kind",
             LoadError::UnsupportedKind { .. } => "unsupported-kind",
         }
@@ -248,18 +275,47 @@ impl Tree {
         // walk order so the result does not depend on scheduling.
         let parts: Vec<Tree> = walk(path)
             .into_par_iter()
-            .map(|entry| {
-                let mut part = Tree::default();
-                match entry {
-                    Ok(file) => part.add_file(&file, options),
-                    Err(problem) => part.problems.push(problem),
-                }
-                part
+            .map(|entry| match entry {
+                Ok(file) => Tree::part(read_file(&file, options), options),
+                Err(problem) => Tree {
+                    problems: vec![problem],
+                    ..Tree::default()
+                },
             })
             .collect();
         for part in parts {
             self.merge(part);
         }
+    }
+
+    /// Adds the files of a commit's tree: the manifests among them, picked as [`walk`] picks
+    /// them on disk (`*.yaml`/`*.yml`, no hidden entries, `.meshopsignore` honoured), parsed
+    /// in parallel and in path order.
+    pub fn add_entries(&mut self, entries: Vec<FileEntry>, options: &LoadOptions) {
+        use rayon::prelude::*;
+        let parts: Vec<Tree> = manifests_among(entries)
+            .into_par_iter()
+            .map(|entry| Tree::part(entry, options))
+            .collect();
+        for part in parts {
+            self.merge(part);
+        }
+    }
+
+    /// One file's tree.
+    fn part(entry: FileEntry, options: &LoadOptions) -> Tree {
+        let mut part = Tree::default();
+        match entry.content {
+            Ok(bytes) => part.add_bytes(entry.path, bytes, options),
+            Err(error) => part.problems.push(LoadProblem {
+                file: None,
+                path: entry.path,
+                position: None,
+                pointer: None,
+                error,
+            }),
+        }
+        part
     }
 
     /// Appends another tree, renumbering its file indices.
@@ -276,36 +332,6 @@ impl Tree {
                 p.file = p.file.map(|f| f + offset);
                 p
             }));
-    }
-
-    fn add_file(&mut self, path: &Path, options: &LoadOptions) {
-        let problem = |error| LoadProblem {
-            file: None,
-            path: path.to_path_buf(),
-            position: None,
-            pointer: None,
-            error,
-        };
-        let size = match std::fs::metadata(path) {
-            Ok(meta) => meta.len(),
-            Err(err) => {
-                let reason = err.to_string();
-                return self.problems.push(problem(LoadError::Read { reason }));
-            }
-        };
-        if size > options.limits.max_file_bytes {
-            let limit = options.limits.max_file_bytes;
-            return self
-                .problems
-                .push(problem(LoadError::TooLarge { size, limit }));
-        }
-        match std::fs::read(path) {
-            Ok(bytes) => self.add_bytes(path.to_path_buf(), bytes, options),
-            Err(err) => {
-                let reason = err.to_string();
-                self.problems.push(problem(LoadError::Read { reason }))
-            }
-        }
     }
 
     /// Parses one file's content (from disk or from a git blob) into the tree.
@@ -355,14 +381,25 @@ impl Tree {
             .file_name()
             .is_some_and(|n| n == crate::model::settings::SETTINGS_FILE);
         for raw in raw_documents {
-            let kind = classify(&raw.value).and_then(|kind| match kind {
-                Kind::Settings if !is_settings_file => Err(("/kind", LoadError::MisplacedSettings)),
-                _ => Ok(kind),
+            let kind = classify(&raw.value).and_then(|kind| match (options.purpose, kind) {
+                (Purpose::Source, Kind::Settings) if !is_settings_file => {
+                    Err(("/kind", LoadError::MisplacedSettings))
+                }
+                (Purpose::Source, Kind::AgentConfig) => {
+                    Err(("/kind", LoadError::MisplacedAgentConfig))
+                }
+                (Purpose::AgentConfig, Kind::AgentConfig) | (Purpose::Source, _) => Ok(kind),
+                (Purpose::AgentConfig, other) => Err((
+                    "/kind",
+                    LoadError::NotAgentConfig {
+                        kind: other.to_string(),
+                    },
+                )),
             });
             match kind {
                 Ok(kind) => {
                     let mut value = raw.value;
-                    if kind != Kind::Settings {
+                    if !matches!(kind, Kind::Settings | Kind::AgentConfig) {
                         set_default_namespace(&mut value, &options.default_namespace);
                     }
                     self.documents.push(Document {
@@ -521,6 +558,72 @@ pub fn walk(root: &Path) -> Vec<Result<PathBuf, LoadProblem>> {
     files
 }
 
+/// Reads one file from disk, refusing it unread when it is over the size limit.
+fn read_file(path: &Path, options: &LoadOptions) -> FileEntry {
+    let unreadable = |err: std::io::Error| LoadError::Read {
+        reason: err.to_string(),
+    };
+    let content = std::fs::metadata(path)
+        .map_err(unreadable)
+        .and_then(|meta| {
+            let (size, limit) = (meta.len(), options.limits.max_file_bytes);
+            if size > limit {
+                return Err(LoadError::TooLarge { size, limit });
+            }
+            std::fs::read(path).map_err(unreadable)
+        });
+    FileEntry {
+        path: path.to_path_buf(),
+        content,
+    }
+}
+
+/// The manifests among a commit's files, in path order: what [`walk`] would return for the
+/// same files on disk. A `.meshopsignore` applies to its directory and below; the deepest
+/// one with a matching rule decides, as with `.gitignore`.
+fn manifests_among(mut entries: Vec<FileEntry>) -> Vec<FileEntry> {
+    use ignore::gitignore::GitignoreBuilder;
+    entries.sort_by(|a, b| a.path.cmp(&b.path));
+    let mut ignores: Vec<(PathBuf, ignore::gitignore::Gitignore)> = entries
+        .iter()
+        .filter(|e| e.path.file_name().is_some_and(|n| n == IGNORE_FILE))
+        .filter_map(|e| {
+            let text = String::from_utf8_lossy(e.content.as_ref().ok()?);
+            let dir = e.path.parent().unwrap_or(Path::new("")).to_path_buf();
+            let mut builder = GitignoreBuilder::new(&dir);
+            for line in text.lines() {
+                // A malformed pattern is skipped, as git and the directory walk skip it.
+                let _ = builder.add_line(None, line);
+            }
+            builder.build().ok().map(|matcher| (dir, matcher))
+        })
+        .collect();
+    ignores.sort_by_key(|(dir, _)| std::cmp::Reverse(dir.components().count()));
+    let ignored = |path: &Path| {
+        for (dir, matcher) in &ignores {
+            if !path.starts_with(dir) {
+                continue;
+            }
+            let verdict = matcher.matched_path_or_any_parents(path, false);
+            if verdict.is_ignore() {
+                return true;
+            }
+            if verdict.is_whitelist() {
+                return false;
+            }
+        }
+        false
+    };
+    let hidden = |path: &Path| {
+        path.components()
+            .any(|c| c.as_os_str().to_string_lossy().starts_with('.'))
+    };
+    entries
+        .into_iter()
+        .filter(|e| is_manifest(&e.path) && !hidden(&e.path) && !ignored(&e.path))
+        .collect()
+}
+
 fn is_manifest(path: &Path) -> bool {
     matches!(
         path.extension().and_then(|e| e.to_str()),
@@ -616,6 +719,85 @@ mod tests {
                 limit: 10
             }
         );
+    }
+
+    /// A commit's files and the same files on disk load into the same documents.
+    #[test]
+    fn a_commit_tree_loads_as_the_directory_does() {
+        let cm = |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n");
+        let files: Vec<(&str, String)> = vec![
+            ("a.yaml", cm("a")),
+            ("b.yml", cm("b")),
+            ("notes.txt", cm("txt")),
+            (".hidden/x.yaml", cm("hidden")),
+            (".meshopsignore", "drafts/\n*.skip.yaml\n".into()),
+            ("drafts/d.yaml", cm("draft")),
+            ("sub/c.yaml", cm("c")),
+            ("sub/c.skip.yaml", cm("skipped")),
+            ("sub/keep/.meshopsignore", "!k.skip.yaml\n".into()),
+            ("sub/keep/k.skip.yaml", cm("kept")),
+            ("sub/big.yaml", "#".repeat(64)),
+        ];
+        let options = LoadOptions {
+            limits: Limits {
+                max_file_bytes: 60,
+                ..Limits::default()
+            },
+            ..LoadOptions::default()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in &files {
+            let path = dir.path().join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let on_disk = Tree::load(dir.path(), &options);
+        let mut from_commit = Tree::default();
+        let entries = files
+            .iter()
+            .rev()
+            .map(|(path, text)| FileEntry {
+                path: path.into(),
+                content: if text.len() as u64 > options.limits.max_file_bytes {
+                    Err(LoadError::TooLarge {
+                        size: text.len() as u64,
+                        limit: options.limits.max_file_bytes,
+                    })
+                } else {
+                    Ok(text.clone().into_bytes())
+                },
+            })
+            .collect();
+        from_commit.add_entries(entries, &options);
+        let names = |t: &Tree| t.documents.iter().map(|d| d.name().to_owned()).collect::<Vec<_>>();
+        let problems = |t: &Tree| t.problems.iter().map(|p| p.error.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&from_commit), ["a", "b", "c", "kept"]);
+        assert_eq!(names(&on_disk), names(&from_commit));
+        assert_eq!(problems(&on_disk), problems(&from_commit));
+        assert_eq!(problems(&from_commit).len(), 1, "{:?}", from_commit.problems);
+        assert_eq!(from_commit.problems[0].path, Path::new("sub/big.yaml"));
+    }
+
+    #[test]
+    fn sources_and_the_agent_config_refuse_each_others_documents() {
+        let agent = "apiVersion: meshops.io/v1alpha1\nkind: AgentConfig\nsources: []\n";
+        let source_tree = load_str(agent);
+        assert_eq!(source_tree.problems[0].error, LoadError::MisplacedAgentConfig);
+        let options = LoadOptions {
+            purpose: Purpose::AgentConfig,
+            ..LoadOptions::default()
+        };
+        let mut config = Tree::default();
+        config.add_bytes("agent.yaml".into(), agent.as_bytes().to_vec(), &options);
+        assert!(config.problems.is_empty());
+        assert_eq!(config.documents[0].kind, Kind::AgentConfig);
+        let mut wrong = Tree::default();
+        wrong.add_bytes(
+            "agent.yaml".into(),
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\n".to_vec(),
+            &options,
+        );
+        assert_eq!(wrong.problems[0].error.code(), "not-agent-config");
     }
 
     #[test]

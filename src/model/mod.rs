@@ -5,6 +5,7 @@
 //! The model is also where the JSON Schemas in `schemas/` come from (see [`schema`]), so the
 //! two cannot disagree.
 
+pub mod agent;
 pub mod common;
 pub mod component;
 pub mod crd;
@@ -25,6 +26,7 @@ pub use component::{
     CommonFields, ComponentSpec, FunctionSpec, ImagePullPolicy, SinkSpec, SourceSpec,
     VolumeClaimTemplate,
 };
+pub use agent::AgentConfig;
 pub use settings::{RenderSettings, Settings};
 
 /// API group and version of every Function Mesh kind.
@@ -93,10 +95,12 @@ pub enum Kind {
     ServiceAccount,
     /// `meshops.yaml`, only at the root of a source.
     Settings,
+    /// The agent's `--config` file, never in a source.
+    AgentConfig,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Function,
         Kind::Source,
         Kind::Sink,
@@ -106,6 +110,7 @@ impl Kind {
         Kind::Secret,
         Kind::ServiceAccount,
         Kind::Settings,
+        Kind::AgentConfig,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -119,6 +124,7 @@ impl Kind {
             Kind::Secret => "Secret",
             Kind::ServiceAccount => "ServiceAccount",
             Kind::Settings => "Settings",
+            Kind::AgentConfig => "AgentConfig",
         }
     }
 
@@ -126,6 +132,7 @@ impl Kind {
         match self {
             Kind::ConfigMap | Kind::Secret | Kind::ServiceAccount => "v1",
             Kind::Settings => settings::SETTINGS_API_VERSION,
+            Kind::AgentConfig => agent::AGENT_CONFIG_API_VERSION,
             _ => FUNCTION_MESH_API_VERSION,
         }
     }
@@ -175,6 +182,7 @@ pub enum Manifest {
     Secret(Secret),
     ServiceAccount(ServiceAccount),
     Settings(Settings),
+    AgentConfig(AgentConfig),
 }
 
 /// Why a JSON value did not fit the typed model; `path` is where (JSON pointer).
@@ -206,6 +214,7 @@ impl Manifest {
             Kind::Secret => Manifest::Secret(typed(value)?),
             Kind::ServiceAccount => Manifest::ServiceAccount(typed(value)?),
             Kind::Settings => Manifest::Settings(typed(value)?),
+            Kind::AgentConfig => Manifest::AgentConfig(typed(value)?),
         })
     }
 
@@ -220,6 +229,7 @@ impl Manifest {
             Manifest::Secret(o) => serde_json::to_value(o),
             Manifest::ServiceAccount(o) => serde_json::to_value(o),
             Manifest::Settings(o) => serde_json::to_value(o),
+            Manifest::AgentConfig(o) => serde_json::to_value(o),
         };
         // Serializing plain data structs with string keys cannot fail.
         value.unwrap_or(serde_json::Value::Null)
@@ -236,13 +246,14 @@ impl Manifest {
             Manifest::Secret(_) => Kind::Secret,
             Manifest::ServiceAccount(_) => Kind::ServiceAccount,
             Manifest::Settings(_) => Kind::Settings,
+            Manifest::AgentConfig(_) => Kind::AgentConfig,
         }
     }
 
-    /// The object's metadata; the settings document has none.
+    /// The object's metadata; the settings and agent config documents have none.
     pub fn metadata(&self) -> Option<&ObjectMeta> {
         Some(match self {
-            Manifest::Settings(_) => return None,
+            Manifest::Settings(_) | Manifest::AgentConfig(_) => return None,
             Manifest::Function(o) => &o.metadata,
             Manifest::Source(o) => &o.metadata,
             Manifest::Sink(o) => &o.metadata,

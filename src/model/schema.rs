@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use schemars::generate::SchemaSettings;
 use serde_json::{json, Map, Value};
 
-use super::{BackendConfig, Function, FunctionMesh, Kind, Settings, Sink, Source};
+use super::{AgentConfig, BackendConfig, Function, FunctionMesh, Kind, Settings, Sink, Source};
 
 /// The Kubernetes grammar for quantities (`100m`, `1.5Gi`, `1e3`), as in the apiextensions
 /// validation of CRDs. A bare YAML number (`cpu: 0.5`) is a quantity too.
@@ -32,6 +32,7 @@ pub fn embedded(kind: Kind) -> &'static str {
         Kind::Secret => include_str!("../../schemas/secret.json"),
         Kind::ServiceAccount => include_str!("../../schemas/serviceaccount.json"),
         Kind::Settings => include_str!("../../schemas/settings.json"),
+        Kind::AgentConfig => include_str!("../../schemas/agentconfig.json"),
     }
 }
 
@@ -48,6 +49,7 @@ pub fn generate(kind: Kind) -> Value {
         Kind::Secret => generator.into_root_schema_for::<Secret>(),
         Kind::ServiceAccount => generator.into_root_schema_for::<ServiceAccount>(),
         Kind::Settings => generator.into_root_schema_for::<Settings>(),
+        Kind::AgentConfig => generator.into_root_schema_for::<AgentConfig>(),
     };
     let mut value = schema.to_value();
     close_objects(&mut value);
@@ -157,7 +159,7 @@ fn pin_root(value: &mut Value, kind: Kind) {
     if let Some(properties) = root.get_mut("properties").and_then(Value::as_object_mut) {
         properties.insert("apiVersion".into(), json!({"const": kind.api_version()}));
         properties.insert("kind".into(), json!({"const": kind.as_str()}));
-        if kind != Kind::Settings {
+        if !matches!(kind, Kind::Settings | Kind::AgentConfig) {
             properties.insert(
                 "metadata".into(),
                 json!({"$ref": format!("#/$defs/{OBJECT_META_DEF}"), "required": ["name"]}),
@@ -169,6 +171,7 @@ fn pin_root(value: &mut Value, kind: Kind) {
             vec!["apiVersion", "kind", "metadata"]
         }
         Kind::Settings => vec!["apiVersion", "kind", "spec"],
+        Kind::AgentConfig => vec!["apiVersion", "kind", "sources"],
         _ => vec!["apiVersion", "kind", "metadata", "spec"],
     };
     root.insert("required".into(), json!(required));

@@ -1,10 +1,11 @@
-//! One pass for a source, as `meshops plan`/`apply` run it and the agent will: the desired
-//! objects → the live state → the plan (a value) → apply → rollout → CR status.
+//! One pass for a source, as `meshops plan`/`apply` and the agent run it: a tree (a
+//! directory or a commit's tree) → validated manifests → the desired objects → the live state
+//! → the plan (a value) → apply → rollout → CR status.
 //!
 //! The CLI keeps the parsing and the printing; everything between is here, so the two ways of
 //! running a source share one path. No clock: the caller says what time it is.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -12,15 +13,101 @@ use sha2::{Digest, Sha256};
 use crate::cluster::rollout::{self, RolloutError};
 use crate::cluster::sync::{self, Live, Progress, Report, SyncError, SyncOptions};
 use crate::cluster::{Cluster, ClusterError};
-use crate::plan::{self, Plan};
-use crate::render::{Object, SPEC_HASH};
+use crate::load::Tree;
+use crate::model::settings::Mode;
+use crate::model::RenderSettings;
+use crate::plan::{self, ObjectRef, Plan};
+use crate::render::{self, Object, RenderError, SPEC_HASH};
+use crate::validate::{self, Checked, Schemas, ValidateOptions, Validation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
+    #[error(
+        "the manifests are invalid ({} errors); nothing was applied",
+        .0.errors()
+    )]
+    Invalid(Box<Validation>),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(
+        "{object} is outside the namespaces this source may write to ({}); nothing was applied",
+        allowed.join(", ")
+    )]
+    NamespaceNotAllowed {
+        object: ObjectRef,
+        allowed: Vec<String>,
+    },
     #[error(transparent)]
     Sync(#[from] SyncError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+impl ReconcileError {
+    /// A stable category for metric labels and Event reasons.
+    pub fn category(&self) -> &'static str {
+        match self {
+            ReconcileError::Invalid(_) => "invalid",
+            ReconcileError::Render(_) => "render",
+            ReconcileError::NamespaceNotAllowed { .. } => "namespace-not-allowed",
+            ReconcileError::Sync(SyncError::Cluster(e)) | ReconcileError::Cluster(e) => {
+                e.category()
+            }
+            ReconcileError::Sync(SyncError::Conflict { .. }) => "conflict",
+            ReconcileError::Sync(SyncError::Forbidden { .. }) => "forbidden",
+            ReconcileError::Sync(SyncError::EmptyDesired { .. }) => "empty",
+            ReconcileError::Sync(SyncError::Stopped) => "stopped",
+        }
+    }
+}
+
+/// Validates a tree: the typed manifests and their render settings (`mode` overrides the
+/// source's meshops.yaml), or every diagnostic.
+pub fn validated(
+    tree: &Tree,
+    mode: Option<Mode>,
+) -> Result<(Vec<Checked>, RenderSettings), Box<Validation>> {
+    let validation = validate::validate(tree, &Schemas::new(), ValidateOptions::default());
+    if !validation.is_valid() {
+        return Err(Box::new(validation));
+    }
+    let mut settings = render::settings_of(&validation.checked);
+    if mode.is_some() {
+        settings.mode = mode;
+    }
+    Ok((validation.checked, settings))
+}
+
+/// The desired state of a source: its tree validated and rendered.
+pub fn desired(
+    tree: &Tree,
+    mode: Option<Mode>,
+    source: &str,
+) -> Result<Vec<Object>, ReconcileError> {
+    let (checked, settings) = validated(tree, mode).map_err(ReconcileError::Invalid)?;
+    Ok(render::render(&checked, &settings, source)?)
+}
+
+/// Refuses a desired state that writes outside `allowed` (the inventory counts).
+pub fn check_namespaces(
+    desired: &[Object],
+    options: &SyncOptions,
+    allowed: &BTreeSet<&str>,
+) -> Result<(), ReconcileError> {
+    let inventory =
+        crate::cluster::inventory::reference(&options.inventory_namespace, &options.source);
+    let offender = desired
+        .iter()
+        .map(|o| ObjectRef::of(&o.value))
+        .chain([inventory])
+        .find(|o| !allowed.contains(o.namespace.as_str()));
+    match offender {
+        Some(object) => Err(ReconcileError::NamespaceNotAllowed {
+            object,
+            allowed: allowed.iter().map(|n| n.to_string()).collect(),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// A source's desired state read against the cluster: what a plan shows and an apply runs.

@@ -321,7 +321,7 @@ pub fn render_each<T: Send>(
     // The manifests applied as they are (CRs, ConfigMaps, Secrets, ServiceAccounts) …
     let manifests = checked.par_iter().filter_map(|c| {
         let value = match &c.manifest {
-            Manifest::Settings(_) => return None,
+            Manifest::Settings(_) | Manifest::AgentConfig(_) => return None,
             Manifest::ConfigMap(o) => typed(o),
             Manifest::Secret(o) => typed(o),
             Manifest::ServiceAccount(o) => typed(o),

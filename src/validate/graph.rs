@@ -154,7 +154,7 @@ fn name_finding(kind: Kind, name: &str) -> Option<Finding> {
 
 /// The name check of a document too broken for the typed model, from its raw value.
 pub fn raw_name_finding(kind: Kind, value: &serde_json::Value) -> Option<Finding> {
-    if kind == Kind::Settings {
+    if matches!(kind, Kind::Settings | Kind::AgentConfig) {
         return None;
     }
     name_finding(kind, value.pointer("/metadata/name")?.as_str()?)
@@ -170,7 +170,7 @@ pub fn check_names(
     let mut out = Vec::new();
     for c in checked
         .iter()
-        .filter(|c| c.manifest.kind() != Kind::Settings)
+        .filter(|c| c.manifest.metadata().is_some())
     {
         if let Some(finding) = name_finding(c.manifest.kind(), c.manifest.name()) {
             out.push(Located {
