@@ -461,6 +461,24 @@ fn a_server_that_never_answers_is_a_timeout() {
     }
 }
 
+#[test]
+fn a_fetch_still_receiving_data_stops_at_its_deadline() {
+    let fixture = Fixture::new();
+    let bare = fixture.bare();
+    let server = HttpGitServer::start_trickling(bare.parent().unwrap(), TOKEN);
+    let state = tempfile::tempdir().unwrap();
+    let url = format!("{}/repo.git", server.base);
+    let mirror = open(
+        state.path(),
+        remote(&url, branch("main"), Credentials::Token(TOKEN.into())),
+    );
+    let head = mirror.remote_head().unwrap();
+    // Progress arrives every 200 ms, so no read timeout fires: the deadline must.
+    let err = mirror.fetch(&head).unwrap_err();
+    assert_eq!(err.category(), "timeout", "{err}");
+    assert!(err.to_string().contains("fetch of branch main"), "{err}");
+}
+
 /// sshd with `fixture`'s bare repository, and a known_hosts file holding `lines`.
 fn ssh_mirror(server: &SshServer, fixture: &Fixture, state: &Path, known_hosts: &str) -> Mirror {
     let known_hosts_file = state.join("known_hosts");

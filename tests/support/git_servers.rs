@@ -17,14 +17,21 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Bytes, Incoming};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame, Incoming};
 
 pub const HTTP_BACKEND: &str = "/usr/lib/git-core/git-http-backend";
 pub const SSHD: &str = "/usr/sbin/sshd";
 
 /// The user name a GitHub-style token is sent with.
 const TOKEN_USER: &str = "x-access-token";
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed_unsync()
+}
 
 /// Runs `git` with a config that does not depend on the machine's, and panics with its
 /// stderr when it fails; returns stdout, trimmed.
@@ -57,6 +64,10 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
 
 /// Smart HTTP on 127.0.0.1: `git-http-backend` as a CGI for every repository under a project
 /// root, reachable only with basic auth `x-access-token:<token>`.
+///
+/// A trickling server answers the ref advertisement normally, then answers the fetch with a
+/// progress message every 200 ms, forever: data keeps flowing, so no read timeout fires and
+/// only the fetch's own deadline can end it.
 pub struct HttpGitServer {
     /// `http://127.0.0.1:PORT`; a repository `r.git` under the root is at `{base}/r.git`.
     pub base: String,
@@ -66,6 +77,14 @@ pub struct HttpGitServer {
 
 impl HttpGitServer {
     pub fn start(project_root: &Path, token: &str) -> HttpGitServer {
+        HttpGitServer::start_with(project_root, token, false)
+    }
+
+    pub fn start_trickling(project_root: &Path, token: &str) -> HttpGitServer {
+        HttpGitServer::start_with(project_root, token, true)
+    }
+
+    fn start_with(project_root: &Path, token: &str, trickle: bool) -> HttpGitServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
         let base = format!("http://{}", listener.local_addr().expect("local address"));
         listener
@@ -82,7 +101,7 @@ impl HttpGitServer {
                 .enable_all()
                 .build()
                 .expect("a runtime for the HTTP git server");
-            runtime.block_on(serve(listener, root, expected, stopped));
+            runtime.block_on(serve(listener, root, expected, trickle, stopped));
         });
         HttpGitServer {
             base,
@@ -107,6 +126,7 @@ async fn serve(
     listener: TcpListener,
     root: PathBuf,
     expected_authorization: String,
+    trickle: bool,
     mut stopped: tokio::sync::oneshot::Receiver<()>,
 ) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
@@ -122,7 +142,7 @@ async fn serve(
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let (root, expected) = (root.clone(), expected.clone());
-                async move { Ok::<_, Infallible>(answer(request, &root, &expected).await) }
+                async move { Ok::<_, Infallible>(answer(request, &root, &expected, trickle).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
@@ -131,7 +151,12 @@ async fn serve(
     }
 }
 
-async fn answer(request: Request<Incoming>, root: &Path, expected: &str) -> Response<Full<Bytes>> {
+async fn answer(
+    request: Request<Incoming>,
+    root: &Path,
+    expected: &str,
+    trickle: bool,
+) -> Response<Body> {
     let authorized = request
         .headers()
         .get(http::header::AUTHORIZATION)
@@ -143,7 +168,7 @@ async fn answer(request: Request<Incoming>, root: &Path, expected: &str) -> Resp
                 http::header::WWW_AUTHENTICATE,
                 "Basic realm=\"meshops-test\"",
             )
-            .body(Full::new(Bytes::from_static(b"authentication required\n")))
+            .body(full(&b"authentication required\n"[..]))
             .unwrap_or_default();
     }
     let (parts, body) = request.into_parts();
@@ -152,6 +177,10 @@ async fn answer(request: Request<Incoming>, root: &Path, expected: &str) -> Resp
         .await
         .map(|collected| collected.to_bytes())
         .unwrap_or_default();
+    // The request that ends negotiation is the one answered with the pack.
+    if trickle && parts.uri.path().ends_with("/git-upload-pack") && body.ends_with(b"0009done\n") {
+        return trickling_response();
+    }
     let root = root.to_path_buf();
     tokio::task::spawn_blocking(move || run_cgi(&parts, &body, &root))
         .await
@@ -159,7 +188,7 @@ async fn answer(request: Request<Incoming>, root: &Path, expected: &str) -> Resp
 }
 
 /// Runs git-http-backend for one request, per RFC 3875.
-fn run_cgi(parts: &http::request::Parts, body: &[u8], root: &Path) -> Response<Full<Bytes>> {
+fn run_cgi(parts: &http::request::Parts, body: &[u8], root: &Path) -> Response<Body> {
     let header = |name: http::header::HeaderName| {
         parts
             .headers
@@ -226,7 +255,7 @@ fn run_cgi(parts: &http::request::Parts, body: &[u8], root: &Path) -> Response<F
     })
 }
 
-fn parse_cgi_output(output: &[u8]) -> Option<Response<Full<Bytes>>> {
+fn parse_cgi_output(output: &[u8]) -> Option<Response<Body>> {
     let (head_end, body_start) = find(output, b"\r\n\r\n")
         .map(|i| (i, i + 4))
         .or_else(|| find(output, b"\n\n").map(|i| (i, i + 2)))?;
@@ -243,7 +272,7 @@ fn parse_cgi_output(output: &[u8]) -> Option<Response<Full<Bytes>>> {
         }
     }
     response
-        .body(Full::new(Bytes::copy_from_slice(&output[body_start..])))
+        .body(full(Bytes::copy_from_slice(&output[body_start..])))
         .ok()
 }
 
@@ -251,10 +280,36 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
-fn error_response(message: &str) -> Response<Full<Bytes>> {
+fn error_response(message: &str) -> Response<Body> {
     Response::builder()
         .status(StatusCode::INTERNAL_SERVER_ERROR)
-        .body(Full::new(Bytes::from(message.to_owned())))
+        .body(full(message.to_owned()))
+        .unwrap_or_default()
+}
+
+/// An upload-pack result that never ends: NAK, then side-band progress messages (channel 2)
+/// every 200 ms, as a server busy counting objects sends them.
+fn trickling_response() -> Response<Body> {
+    let preamble = Bytes::from_static(b"0008NAK\n");
+    let progress = Bytes::from_static(b"0016\x02Counting objects\r");
+    let frames = futures::stream::unfold(Some(preamble), move |first| {
+        let progress = progress.clone();
+        async move {
+            match first {
+                Some(preamble) => Some((Ok(Frame::data(preamble)), None)),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    Some((Ok(Frame::data(progress)), None))
+                }
+            }
+        }
+    });
+    Response::builder()
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-git-upload-pack-result",
+        )
+        .body(StreamBody::new(frames).boxed_unsync())
         .unwrap_or_default()
 }
 
