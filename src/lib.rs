@@ -4,10 +4,12 @@
 //! documents with source positions, [`model`] types them, [`validate`] checks them,
 //! [`render`] turns them into Kubernetes objects and [`plan`] compares those with the cluster
 //! that [`cluster`] reads and writes; [`reconcile`] is one pass through all of it, and the
-//! [`cli`] wires the stages to commands.
+//! [`cli`] wires the stages to commands. [`git`] reads commits of a remote repository without
+//! a working tree.
 
 pub mod cli;
 pub mod cluster;
+pub mod git;
 pub mod load;
 pub mod model;
 pub mod plan;

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod control_plane;
+pub mod git_servers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;
