@@ -7,6 +7,7 @@
 //! [`cli`] wires the stages to commands. [`git`] reads commits of a remote repository without
 //! a working tree.
 
+pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod git;

@@ -25,6 +25,8 @@ fn main() -> ExitCode {
     // command, and a library's own lines (the kube client's TLS-bypass warning, its logged
     // connection errors) appear from -v on.
     let default_level = match cli.verbose {
+        // The agent is a service: what it did belongs in its log.
+        0 if matches!(cli.command, meshops::cli::Command::Agent(_)) => "meshops=info",
         0 => "meshops=warn",
         1 => "debug",
         _ => "trace",

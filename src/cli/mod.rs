@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, wiring only.
 
+mod agent;
 mod crds;
 mod plan;
 mod render;
@@ -43,6 +44,9 @@ pub enum Command {
     /// Show each Function, Source and Sink: ready replicas, sync state, applied revision.
     #[command(after_help = plan::STATUS_AFTER_HELP)]
     Status(plan::StatusArgs),
+    /// Run in the cluster: follow Git repositories, apply on push, report drift.
+    #[command(after_help = agent::AFTER_HELP)]
+    Agent(agent::Args),
     /// Print the Function Mesh CRDs (generated from the schemas).
     #[command(after_help = crds::AFTER_HELP)]
     Crds(crds::Args),
@@ -114,6 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Crds(args) => crds::run(args),
         Command::Status(args) => plan::run_status(args),
         Command::Apply(args) => plan::run_apply(args),
+        Command::Agent(args) => agent::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

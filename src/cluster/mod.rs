@@ -33,9 +33,14 @@ impl RequestCounter {
     fn record<B>(&self, request: &Request<B>) {
         let query = request.uri().query().unwrap_or_default();
         let method = request.method().as_str();
+        let path = request.uri().path();
         let verb = match method {
             // Asking RBAC writes nothing.
-            "POST" if request.uri().path().ends_with("accessreviews") => "ACCESS-REVIEW".to_owned(),
+            "POST" if path.ends_with("accessreviews") => "ACCESS-REVIEW".to_owned(),
+            // The agent's leader election and Events are its own bookkeeping, not changes
+            // to what a source deploys.
+            _ if path.starts_with("/apis/coordination.k8s.io/") => "LEASE".to_owned(),
+            _ if path.starts_with("/apis/events.k8s.io/") => "EVENT".to_owned(),
             "GET" if query.contains("labelSelector") || query.contains("watch") => {
                 "LIST".to_owned()
             }

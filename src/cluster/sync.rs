@@ -115,20 +115,22 @@ pub async fn fetch(
         .collect();
     // One GET for a lone missing object; one LIST without the label for a scope with more
     // (a first apply), so the cost stays per scope, not per object.
-    let mut by_scope: BTreeMap<(&str, &str, &str), Vec<&ObjectRef>> = BTreeMap::new();
+    // Owned keys and items: futures that borrow from the stream's items are not `Send` for
+    // every lifetime, and the agent runs this on a multi-threaded runtime.
+    let mut by_scope: BTreeMap<(String, String, String), Vec<ObjectRef>> = BTreeMap::new();
     for r in &unlisted {
         by_scope
-            .entry((&r.api_version, &r.kind, &r.namespace))
+            .entry((r.api_version.clone(), r.kind.clone(), r.namespace.clone()))
             .or_default()
-            .push(r);
+            .push(r.clone());
     }
     let lookups: Vec<Result<Vec<Value>, ClusterError>> = stream::iter(by_scope)
         .map(|((api_version, kind, namespace), wanted)| async move {
             if let [one] = wanted.as_slice() {
                 return Ok(cluster.get(one).await?.into_iter().collect());
             }
-            let names: BTreeSet<&str> = wanted.iter().map(|r| r.name.as_str()).collect();
-            let all = match cluster.list(api_version, kind, namespace, "").await {
+            let names: BTreeSet<String> = wanted.into_iter().map(|r| r.name).collect();
+            let all = match cluster.list(&api_version, &kind, &namespace, "").await {
                 Ok(items) => items,
                 Err(ClusterError::NamespaceMissing { .. }) => Vec::new(),
                 Err(e) => return Err(e),
@@ -279,6 +281,18 @@ fn owner_of(value: &Value) -> Option<(String, String, String)> {
     Some((namespace.to_owned(), kind.to_owned(), name.to_owned()))
 }
 
+/// The Function, Source or Sink an object belongs to: itself, or the CR its Function Mesh
+/// labels name (where a drift Event about it is shown).
+pub fn owning_cr(value: &Value) -> Option<ObjectRef> {
+    let (namespace, kind, name) = owner_key(value).or_else(|| owner_of(value))?;
+    Some(ObjectRef {
+        api_version: crate::model::FUNCTION_MESH_API_VERSION.into(),
+        kind,
+        namespace,
+        name,
+    })
+}
+
 /// The object with a controller ownerReference to its CR when the CR's uid is known, so that
 /// deleting a Function deletes its workloads.
 fn with_owner(value: &Value, owners: &Owners) -> Value {
@@ -402,13 +416,16 @@ async fn preflight(
     options: &SyncOptions,
 ) -> Result<(), SyncError> {
     let needed: Vec<Permission> = permissions(plan, live, options).into_iter().collect();
-    let answers: Vec<Result<bool, ClusterError>> = stream::iter(&needed)
+    // The futures are made up front: a stream mapping through a closure over borrowed tuples
+    // is not `Send` for every lifetime, and the agent runs this on a multi-threaded runtime.
+    let checks: Vec<_> = needed
+        .iter()
         .map(|(verb, api_version, kind, subresource, namespace)| {
             cluster.may(verb, api_version, kind, *subresource, namespace)
         })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
+        .collect();
+    let answers: Vec<Result<bool, ClusterError>> =
+        stream::iter(checks).buffered(CONCURRENCY).collect().await;
     let mut denied = Vec::new();
     for ((verb, api_version, kind, subresource, namespace), allowed) in needed.iter().zip(answers) {
         if !allowed? {

@@ -14,6 +14,9 @@
 mod known_hosts;
 mod url;
 
+/// A git URL without its userinfo, for messages and the sources API.
+pub use url::redact;
+
 use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -66,7 +66,7 @@ fn userinfo_range(url: &str) -> Option<std::ops::Range<usize>> {
 
 /// The URL as it may be shown: without user name, password or token
 /// (`https://user:tok@host/x` → `https://host/x`, `git@host:x` → `host:x`).
-pub(crate) fn redact(url: &str) -> String {
+pub fn redact(url: &str) -> String {
     if let Some(range) = userinfo_range(url) {
         let mut shown = url.to_owned();
         shown.replace_range(range, "");

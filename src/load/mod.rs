@@ -176,9 +176,13 @@ pub enum LoadError {
     MissingType { field: &'static str },
     #[error("a Settings document belongs in meshops.yaml at the root of the source")]
     MisplacedSettings,
-    #[error("an AgentConfig belongs in the file given to `meshops agent --config`, not in a source")]
+    #[error(
+        "an AgentConfig belongs in the file given to `meshops agent --config`, not in a source"
+    )]
     MisplacedAgentConfig,
-    #[error("the agent's config file holds one meshops.io/v1alpha1 AgentConfig document, not a {kind}")]
+    #[error(
+        "the agent's config file holds one meshops.io/v1alpha1 AgentConfig document, not a {kind}"
+    )]
     NotAgentConfig { kind: String },
     #[error("{kind} is cluster-scoped; meshops only manages namespaced objects")]
     ClusterScoped { kind: String },
@@ -724,7 +728,8 @@ mod tests {
     /// A commit's files and the same files on disk load into the same documents.
     #[test]
     fn a_commit_tree_loads_as_the_directory_does() {
-        let cm = |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n");
+        let cm =
+            |name: &str| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n");
         let files: Vec<(&str, String)> = vec![
             ("a.yaml", cm("a")),
             ("b.yml", cm("b")),
@@ -769,12 +774,27 @@ mod tests {
             })
             .collect();
         from_commit.add_entries(entries, &options);
-        let names = |t: &Tree| t.documents.iter().map(|d| d.name().to_owned()).collect::<Vec<_>>();
-        let problems = |t: &Tree| t.problems.iter().map(|p| p.error.clone()).collect::<Vec<_>>();
+        let names = |t: &Tree| {
+            t.documents
+                .iter()
+                .map(|d| d.name().to_owned())
+                .collect::<Vec<_>>()
+        };
+        let problems = |t: &Tree| {
+            t.problems
+                .iter()
+                .map(|p| p.error.clone())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(names(&from_commit), ["a", "b", "c", "kept"]);
         assert_eq!(names(&on_disk), names(&from_commit));
         assert_eq!(problems(&on_disk), problems(&from_commit));
-        assert_eq!(problems(&from_commit).len(), 1, "{:?}", from_commit.problems);
+        assert_eq!(
+            problems(&from_commit).len(),
+            1,
+            "{:?}",
+            from_commit.problems
+        );
         assert_eq!(from_commit.problems[0].path, Path::new("sub/big.yaml"));
     }
 
@@ -782,7 +802,10 @@ mod tests {
     fn sources_and_the_agent_config_refuse_each_others_documents() {
         let agent = "apiVersion: meshops.io/v1alpha1\nkind: AgentConfig\nsources: []\n";
         let source_tree = load_str(agent);
-        assert_eq!(source_tree.problems[0].error, LoadError::MisplacedAgentConfig);
+        assert_eq!(
+            source_tree.problems[0].error,
+            LoadError::MisplacedAgentConfig
+        );
         let options = LoadOptions {
             purpose: Purpose::AgentConfig,
             ..LoadOptions::default()

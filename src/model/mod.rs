@@ -21,12 +21,12 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
+pub use agent::AgentConfig;
 pub use common::*;
 pub use component::{
     CommonFields, ComponentSpec, FunctionSpec, ImagePullPolicy, SinkSpec, SourceSpec,
     VolumeClaimTemplate,
 };
-pub use agent::AgentConfig;
 pub use settings::{RenderSettings, Settings};
 
 /// API group and version of every Function Mesh kind.

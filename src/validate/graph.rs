@@ -168,10 +168,7 @@ pub fn check_names(
     describe: &dyn Fn(usize, &str) -> String,
 ) -> Vec<Located> {
     let mut out = Vec::new();
-    for c in checked
-        .iter()
-        .filter(|c| c.manifest.metadata().is_some())
-    {
+    for c in checked.iter().filter(|c| c.manifest.metadata().is_some()) {
         if let Some(finding) = name_finding(c.manifest.kind(), c.manifest.name()) {
             out.push(Located {
                 document: c.document,

@@ -5,6 +5,7 @@
 //! CRD that is not installed, 422 on an immutable StatefulSet change, DELETE.
 #![allow(dead_code)]
 
+pub mod agent;
 pub mod control_plane;
 pub mod git_servers;
 

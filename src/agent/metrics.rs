@@ -1,0 +1,169 @@
+//! The agent's Prometheus metrics, as one registered struct (`GET /metrics`).
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::cluster::RequestCounter;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub source: String,
+    pub result: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub event: String,
+    pub result: String,
+}
+
+/// Every metric the agent exports; cheap to clone (the metrics are shared handles).
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconcile: Family<ResultLabels, Counter>,
+    pub reconcile_duration: Family<SourceLabel, Histogram>,
+    pub last_applied: Family<SourceLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub drift_objects: Family<SourceLabel, Gauge>,
+    pub git_fetch: Family<ResultLabels, Counter>,
+    pub webhook_deliveries: Family<WebhookLabels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0])
+}
+
+impl Metrics {
+    /// The metrics and the registry that exports them; API requests are read from the
+    /// cluster client's own counter at each scrape.
+    pub fn new(requests: RequestCounter) -> (Metrics, Registry) {
+        let metrics = Metrics {
+            reconcile: Family::default(),
+            reconcile_duration: Family::new_with_constructor(duration_histogram),
+            last_applied: Family::default(),
+            drift_objects: Family::default(),
+            git_fetch: Family::default(),
+            webhook_deliveries: Family::default(),
+        };
+        let mut registry = Registry::with_prefix("meshops");
+        registry.register(
+            "reconcile",
+            "Reconcile passes by source and result",
+            metrics.reconcile.clone(),
+        );
+        registry.register(
+            "reconcile_duration_seconds",
+            "How long a reconcile pass took",
+            metrics.reconcile_duration.clone(),
+        );
+        registry.register(
+            "last_applied_timestamp_seconds",
+            "When a commit was last applied (Unix time)",
+            metrics.last_applied.clone(),
+        );
+        registry.register(
+            "drift_objects",
+            "Objects that differ from the commit applied last",
+            metrics.drift_objects.clone(),
+        );
+        registry.register(
+            "git_fetch",
+            "Remote head checks and fetches by source and result",
+            metrics.git_fetch.clone(),
+        );
+        registry.register(
+            "webhook_deliveries",
+            "GitHub webhook deliveries by event and result",
+            metrics.webhook_deliveries.clone(),
+        );
+        registry.register_collector(Box::new(ApiRequests(requests)));
+        (metrics, registry)
+    }
+
+    pub fn reconciled(&self, source: &str, result: &str, seconds: f64) {
+        self.reconcile
+            .get_or_create(&ResultLabels {
+                source: source.into(),
+                result: result.into(),
+            })
+            .inc();
+        self.reconcile_duration
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .observe(seconds);
+    }
+
+    pub fn fetched(&self, source: &str, result: &str) {
+        self.git_fetch
+            .get_or_create(&ResultLabels {
+                source: source.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn delivery(&self, event: &str, result: &str) {
+        self.webhook_deliveries
+            .get_or_create(&WebhookLabels {
+                event: event.into(),
+                result: result.into(),
+            })
+            .inc();
+    }
+
+    pub fn drift(&self, source: &str, objects: usize) {
+        self.drift_objects
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .set(objects as i64);
+    }
+
+    pub fn applied_at(&self, source: &str, unix_seconds: f64) {
+        self.last_applied
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .set(unix_seconds);
+    }
+}
+
+/// `meshops_api_requests_total{verb}` from the counter every request to the API server
+/// already goes through.
+#[derive(Debug)]
+struct ApiRequests(RequestCounter);
+
+impl Collector for ApiRequests {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let counter = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "api_requests",
+            "Requests sent to the Kubernetes API server, by verb",
+            None,
+            counter.metric_type(),
+        )?;
+        for (verb, count) in self.0.snapshot() {
+            let labels = [("verb", verb)];
+            ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The registry in the Prometheus text format.
+pub fn render(registry: &Registry) -> String {
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut out, registry);
+    out
+}

@@ -1,0 +1,242 @@
+//! `meshops agent` as it runs in a pod, against the API double served over HTTP and a git
+//! repository over file://: its config checks, its HTTP endpoints (every webhook case), and
+//! a push → webhook → apply round trip. The same against a real API server is in e2e.rs.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use meshops::agent::webhook;
+use support::agent::{push_event, AgentProcess, GitRepo};
+use support::FakeApiServer;
+
+const SECRET: &str = "a webhook secret";
+
+fn meshops(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_meshops"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn check(config: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.yaml");
+    std::fs::write(&path, config).unwrap();
+    let out = meshops(&["agent", "--config", path.to_str().unwrap(), "--check"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.code().unwrap_or(-1), text)
+}
+
+const HEADER: &str = "apiVersion: meshops.io/v1alpha1\nkind: AgentConfig\n";
+
+#[test]
+fn the_bundled_agent_config_is_valid() {
+    let out = meshops(&["agent", "--config", "examples/agent.yaml", "--check"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("valid, 2 source(s)"));
+}
+
+#[test]
+fn config_errors_name_the_file_line_and_field() {
+    let (code, text) = check(&format!(
+        "{HEADER}sources:\n- name: prod\n  url: https://example.com/x.git\n  intervall: 1m\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("agent.yaml:6:"), "{text}");
+    assert!(text.contains("intervall"), "{text}");
+    assert!(text.contains("interval"), "a did-you-mean hint: {text}");
+
+    let (code, text) = check(&format!(
+        "{HEADER}sources:\n- name: prod\n  url: https://example.com/x.git\n  driftInterval: soon\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("agent.yaml:6:"), "{text}");
+
+    let (code, text) = check(&format!(
+        "{HEADER}sources:\n- name: prod\n  url: a\n- name: prod\n  url: b\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("source \"prod\" is defined twice"), "{text}");
+    assert!(text.contains("agent.yaml:6:"), "{text}");
+
+    let (code, text) = check(&format!(
+        "{HEADER}sources:\n- name: prod\n  url: a\n  ref: {{commit: main}}\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("agent.yaml:6:"), "{text}");
+
+    let (code, text) = check(HEADER);
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("sources"), "{text}");
+
+    let (code, text) = check("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("not a ConfigMap"), "{text}");
+
+    let (code, text) = check("");
+    assert_eq!(code, 1, "{text}");
+    assert!(text.contains("exactly one"), "{text}");
+}
+
+#[test]
+fn a_source_repository_may_not_hold_an_agent_config() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy("examples/agent.yaml", dir.path().join("agent.yaml")).unwrap();
+    let out = meshops(&["validate", dir.path().to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("misplaced-agent-config"), "{text}");
+}
+
+/// examples/staging in a git repository under `deploy/`, with the examples' settings.
+fn staging_repo(dir: &Path) -> GitRepo {
+    let repo = GitRepo::init(dir);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    repo.write(
+        "deploy/meshops.yaml",
+        &std::fs::read_to_string(root.join("meshops.yaml")).unwrap(),
+    );
+    for entry in std::fs::read_dir(root.join("staging")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        repo.write(
+            &format!("deploy/{name}"),
+            &std::fs::read_to_string(&path).unwrap(),
+        );
+    }
+    repo.write("README.md", "not a manifest\n");
+    repo
+}
+
+fn agent_config(dir: &Path, repo: &GitRepo) -> std::path::PathBuf {
+    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEADER}stateDir: {state}\nwebhook: {{secretFile: {secret}}}\n\
+             leaderElection: {{enabled: false}}\n\
+             sources:\n- name: staging\n  url: {url}\n  path: deploy\n  interval: 1h\n  \
+             driftInterval: 1h\n  namespaces: [staging, default]\n  github: {{repo: acme/functions}}\n",
+            state = dir.join("state").display(),
+            secret = dir.join("secret").display(),
+            url = repo.url(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn signed(body: &[u8]) -> String {
+    webhook::sign(SECRET.as_bytes(), body)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_applies_on_start_and_on_a_signed_push() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let url = server.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
+    let repo = staging_repo(&dir.path().join("repo"));
+    let first = repo.commit("staging");
+    let config = agent_config(dir.path(), &repo);
+    let server2 = server.clone();
+    tokio::task::spawn_blocking(move || {
+        let server = server2;
+        let agent = AgentProcess::start(
+            &config,
+            &["--kubeconfig", kubeconfig.to_str().unwrap()],
+            &dir.path().join("agent.log"),
+        );
+        // Startup applies the branch's head.
+        agent.wait_applied("staging", &first);
+        assert!(server.find("Function", "alerts").is_some());
+        assert_eq!(agent.get("/readyz").unwrap().status, 200);
+        let source = agent.source("staging");
+        assert_eq!(source["result"], "applied", "{source}");
+        assert_eq!(source["url"], repo.url());
+        assert!(
+            agent.metric("meshops_reconcile_total{source=\"staging\",result=\"applied\"}") >= 1.0
+        );
+        assert!(agent.metric("meshops_api_requests_total{verb=\"PATCH\"}") > 0.0);
+        assert!(agent.metric("meshops_git_fetch_total{source=\"staging\",result=\"ok\"}") >= 1.0);
+        assert!(agent.metric("meshops_last_applied_timestamp_seconds{source=\"staging\"}") > 1.7e9);
+
+        // Webhook cases, each answered at once.
+        let ping = br#"{"zen": "Design for failure."}"#;
+        let hook = |event: &str, delivery: &str, signature: Option<&str>, body: &[u8]| {
+            let mut headers = vec![
+                ("X-GitHub-Event", event.to_owned()),
+                ("X-GitHub-Delivery", delivery.to_owned()),
+                ("Content-Type", "application/json".to_owned()),
+            ];
+            if let Some(signature) = signature {
+                headers.push(("X-Hub-Signature-256", signature.to_owned()));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            agent.post("/webhooks/github", &headers, body)
+        };
+        assert_eq!(hook("ping", "d1", Some(&signed(ping)), ping).status, 200);
+        assert_eq!(hook("ping", "d2", None, ping).status, 401);
+        let wrong = webhook::sign(b"not the secret", ping);
+        assert_eq!(hook("ping", "d3", Some(&wrong), ping).status, 401);
+        let changed = br#"{"zen": "Design for success."}"#;
+        assert_eq!(hook("ping", "d4", Some(&signed(ping)), changed).status, 401);
+        let big = vec![b' '; 1024 * 1024 + 1];
+        assert_eq!(hook("push", "d5", Some(&signed(&big)), &big).status, 413);
+        let junk = b"not json";
+        assert_eq!(hook("push", "d6", Some(&signed(junk)), junk).status, 400);
+        assert_eq!(hook("issues", "d7", Some(&signed(ping)), ping).status, 202);
+        assert!(
+            agent
+                .metric("meshops_webhook_deliveries_total{event=\"ping\",result=\"unauthorized\"}")
+                == 3.0
+        );
+
+        // A push elsewhere triggers nothing; a push to the tracked branch applies.
+        repo.edit("deploy/notifier.yaml", "replicas: 1", "replicas: 2");
+        let second = repo.commit("two replicas");
+        let other = push_event(
+            "acme/functions",
+            "https://github.com/acme/functions.git",
+            "refs/heads/dev",
+            &second,
+        );
+        let answer = hook("push", "d8", Some(&signed(&other)), &other);
+        assert_eq!(answer.status, 202);
+        assert_eq!(answer.json()["triggered"], serde_json::json!([]));
+        let push = push_event(
+            "acme/functions",
+            "https://github.com/acme/functions.git",
+            "refs/heads/main",
+            &second,
+        );
+        let answer = hook("push", "d9", Some(&signed(&push)), &push);
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        assert_eq!(answer.json()["triggered"], serde_json::json!(["staging"]));
+        agent.wait_applied("staging", &second);
+        // The replayed delivery is recognised and ignored.
+        let replay = hook("push", "d9", Some(&signed(&push)), &push);
+        assert_eq!(replay.status, 200);
+        assert_eq!(replay.json()["ignored"], "delivery already received");
+
+        // A manual sync of an unknown source is a 404; of a known one, 202.
+        assert_eq!(
+            agent.post("/api/v1/sources/nope/sync", &[], b"").status,
+            404
+        );
+        assert_eq!(
+            agent.post("/api/v1/sources/staging/sync", &[], b"").status,
+            202
+        );
+
+        let status = agent.terminate();
+        assert!(status.success(), "{status:?}");
+    })
+    .await
+    .unwrap();
+}
