@@ -13,7 +13,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
@@ -267,15 +267,45 @@ impl Steps {
     }
 }
 
+/// The CRDs: the Function Mesh ones from `meshops crds`, the third-party ones from tests/data;
+/// applied (idempotently) and waited for until Established.
+async fn install_crds(cluster: &Cluster) {
+    let crds = meshops_plain(&["crds"]);
+    assert_eq!(crds.code, 0, "{crds}");
+    let mut documents: Vec<Value> = serde_yaml::Deserializer::from_str(&crds.stdout)
+        .map(|d| serde::Deserialize::deserialize(d).unwrap())
+        .collect();
+    assert_eq!(documents.len(), 5);
+    let third_party = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/crds");
+    for entry in std::fs::read_dir(third_party).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(path).unwrap();
+            documents.push(serde_yaml::from_str(&text).unwrap());
+        }
+    }
+    let mut names = Vec::new();
+    for crd in &documents {
+        cluster.apply(crd, false).await.unwrap();
+        names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
+    }
+    control_plane::wait_established(cluster, &names).await;
+}
+
+/// The one loud line a run without a cluster prints.
+fn skipped(suite: &str) {
+    eprintln!(
+        "\n=====================================================================\n\
+         skipped: no cluster for {suite} (no kube-apiserver/etcd in $KUBEBUILDER_ASSETS or \
+         /usr/local/kubebuilder/bin, and MESHOPS_E2E_KUBECONFIG is not set; see docs/DEVELOPERS.md)\n\
+         =====================================================================\n"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn e2e_against_a_real_api_server() {
     let Some(target) = target().await else {
-        eprintln!(
-            "\n=====================================================================\n\
-             skipped: no cluster (no kube-apiserver/etcd in $KUBEBUILDER_ASSETS or \
-             /usr/local/kubebuilder/bin, and MESHOPS_E2E_KUBECONFIG is not set; see docs/DEVELOPERS.md)\n\
-             =====================================================================\n"
-        );
+        skipped("the CLI e2e suite");
         return;
     };
     let mut steps = Steps {
@@ -321,27 +351,7 @@ async fn e2e_against_a_real_api_server() {
         steps.done("missing CRD named, nothing applied");
     }
 
-    // CRDs: the Function Mesh ones from `meshops crds`, the third-party ones from tests/data.
-    let crds = meshops_plain(&["crds"]);
-    assert_eq!(crds.code, 0, "{crds}");
-    let mut documents: Vec<Value> = serde_yaml::Deserializer::from_str(&crds.stdout)
-        .map(|d| serde::Deserialize::deserialize(d).unwrap())
-        .collect();
-    assert_eq!(documents.len(), 5);
-    let third_party = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/crds");
-    for entry in std::fs::read_dir(third_party).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let text = std::fs::read_to_string(path).unwrap();
-            documents.push(serde_yaml::from_str(&text).unwrap());
-        }
-    }
-    let mut names = Vec::new();
-    for crd in &documents {
-        cluster.apply(crd, false).await.unwrap();
-        names.push(crd["metadata"]["name"].as_str().unwrap().to_owned());
-    }
-    control_plane::wait_established(&cluster, &names).await;
+    install_crds(&cluster).await;
     steps.done("CRDs from `meshops crds` (5) and Istio/VPA/Prometheus (4) applied and Established");
 
     // A missing namespace: a clear error, nothing applied.
@@ -848,5 +858,281 @@ async fn e2e_against_a_real_api_server() {
         "e2e: {} steps passed in {:.1}s",
         steps.n,
         total.as_secs_f64()
+    );
+}
+
+/// The agent on a real API server, as a pod runs it: a repository over file://, pushes
+/// announced by signed webhooks, drift, restarts and a second replica.
+#[test]
+fn e2e_agent_follows_a_repository() {
+    use support::agent::{push_event, AgentProcess, GitRepo};
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(target) = rt.block_on(target()) else {
+        skipped("the agent e2e suite");
+        return;
+    };
+    let mut steps = Steps {
+        started: Instant::now(),
+        n: 0,
+    };
+    let kubeconfig = target.kubeconfig.to_str().unwrap().to_owned();
+    let prefix = target.prefix.as_str();
+    let namespace = format!("{prefix}agent");
+    let lease = format!("{prefix}meshops-e2e");
+    let cluster = rt
+        .block_on(Cluster::connect(Some(&target.kubeconfig), None))
+        .unwrap();
+    rt.block_on(install_crds(&cluster));
+    let object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+    rt.block_on(cluster.apply(&object, false)).unwrap();
+
+    // The repository: examples/staging under deploy/, in the test's namespace.
+    let work = tempfile::tempdir().unwrap();
+    let repo = GitRepo::init(&work.path().join("repo"));
+    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
+    repo.write(
+        "deploy/meshops.yaml",
+        &std::fs::read_to_string(examples.join("meshops.yaml")).unwrap(),
+    );
+    for entry in std::fs::read_dir(examples.join("staging")).unwrap() {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("namespace: staging", &format!("namespace: {namespace}"));
+        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+        repo.write(&format!("deploy/{name}"), &text);
+    }
+    let first = repo.commit("staging");
+
+    let secret = "e2e webhook secret";
+    std::fs::write(work.path().join("secret"), secret).unwrap();
+    let config = work.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: meshops.io/v1alpha1\nkind: AgentConfig\nstateDir: {state}\n\
+             webhook: {{secretFile: {secret}}}\n\
+             leaderElection: {{namespace: default, leaseName: {lease}, leaseDuration: 4s}}\n\
+             sources:\n- name: {prefix}e2e\n  url: {url}\n  path: deploy\n  interval: 1h\n  \
+             driftInterval: 2s\n  namespaces: [{namespace}, default]\n",
+            state = work.path().join("state").display(),
+            secret = work.path().join("secret").display(),
+            url = repo.url(),
+        ),
+    )
+    .unwrap();
+    let source = format!("{prefix}e2e");
+    let start = |identity: &str| {
+        AgentProcess::start(
+            &config,
+            &["--kubeconfig", &kubeconfig, "--identity", identity],
+            &work.path().join(format!("{identity}.log")),
+        )
+    };
+    let push = |agent: &AgentProcess, commit: &str, delivery: &str| {
+        let body = push_event("acme/functions", &repo.url(), "refs/heads/main", commit);
+        let signature = meshops::agent::webhook::sign(secret.as_bytes(), &body);
+        let answer = agent.post(
+            "/webhooks/github",
+            &[
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            &body,
+        );
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        assert_eq!(answer.json()["triggered"], json!([source]));
+    };
+    let get = |kind: &str, name: &str| {
+        let (api_version, kind) = match kind {
+            "StatefulSet" => ("apps/v1", kind),
+            other => (meshops::model::FUNCTION_MESH_API_VERSION, other),
+        };
+        rt.block_on(cluster.get(&reference(api_version, kind, &namespace, name)))
+            .unwrap()
+    };
+
+    // Startup applies the branch's head.
+    let agent = start("agent-a");
+    agent.wait_for("leadership", Duration::from_secs(20), |a| {
+        a.get("/readyz").is_some_and(|r| r.status == 200)
+    });
+    agent.wait_applied(&source, &first);
+    assert!(get("Function", "notifier").is_some());
+    assert!(get("StatefulSet", "anomaly-scorer-function").is_some());
+    steps.done("agent leads, applies the branch head on startup");
+
+    // A change, pushed and announced: applied.
+    repo.edit("deploy/notifier.yaml", "notifier:1.1.0", "notifier:1.2.0");
+    let second = repo.commit("notifier 1.2.0");
+    let pushed = Instant::now();
+    push(&agent, &second, "e2e-1");
+    agent.wait_applied(&source, &second);
+    let latency = pushed.elapsed();
+    let notifier = get("Function", "notifier").unwrap();
+    assert_eq!(
+        notifier["spec"]["image"],
+        "registry.example.com/iot/notifier:1.2.0"
+    );
+    let sts = get("StatefulSet", "notifier-function").unwrap();
+    assert_eq!(
+        sts["spec"]["template"]["spec"]["containers"][0]["image"],
+        "registry.example.com/iot/notifier:1.2.0"
+    );
+    steps.done(&format!(
+        "changed function pushed + signed webhook → applied in {:.2}s",
+        latency.as_secs_f64()
+    ));
+
+    // A file deleted: its Function and workloads pruned.
+    repo.remove("deploy/anomaly-scorer.yaml");
+    let third = repo.commit("drop the anomaly scorer");
+    push(&agent, &third, "e2e-2");
+    agent.wait_applied(&source, &third);
+    assert!(get("Function", "anomaly-scorer").is_none());
+    assert!(get("StatefulSet", "anomaly-scorer-function").is_none());
+    steps.done("deleted file → Function and StatefulSet pruned");
+
+    // An invalid commit: nothing applied, the error in the sources API.
+    repo.edit("deploy/notifier.yaml", "  replicas: 1", "  replicaz: 3");
+    let invalid = repo.commit("a typo");
+    push(&agent, &invalid, "e2e-3");
+    agent.wait_for("the invalid commit seen", Duration::from_secs(30), |a| {
+        let s = a.source(&source);
+        s["lastSeenCommit"] == invalid.as_str() && s["result"] == "invalid"
+    });
+    let status = agent.source(&source);
+    assert_eq!(status["lastAppliedCommit"], third.as_str());
+    let error = status["error"].as_str().unwrap();
+    assert!(
+        error.contains("deploy/notifier.yaml:") && error.contains("replicaz"),
+        "{error}"
+    );
+    assert_eq!(get("Function", "notifier").unwrap()["spec"]["replicas"], 1);
+    steps.done("invalid commit: nothing applied, file:line of the error in /api/v1/sources");
+
+    // A foreign edit: a DriftDetected Event on the Function, the gauge, Synced=False.
+    let statefulsets = dynamic(&cluster, STS, &namespace);
+    let patch = json!({"spec": {"template": {"spec": {"containers": [
+        {"name": "pulsar-function", "image": "registry.example.com/iot/notifier:hotfix"}]}}}});
+    rt.block_on(statefulsets.patch(
+        "notifier-function",
+        &PatchParams {
+            field_manager: Some("kubectl-edit".into()),
+            ..Default::default()
+        },
+        &Patch::Strategic(&patch),
+    ))
+    .unwrap();
+    let gauge = format!("meshops_drift_objects{{source=\"{source}\"}}");
+    agent.wait_for("the drift gauge", Duration::from_secs(20), |a| {
+        a.metric(&gauge) >= 1.0
+    });
+    let events = dynamic(&cluster, ("events.k8s.io", "v1", "Event"), &namespace);
+    let drift_events = rt
+        .block_on(events.list(&Default::default()))
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.data["reason"] == "DriftDetected")
+        .collect::<Vec<_>>();
+    assert_eq!(drift_events.len(), 1, "{drift_events:#?}");
+    let event = &drift_events[0].data;
+    assert_eq!(event["regarding"]["kind"], "Function");
+    assert_eq!(event["regarding"]["name"], "notifier");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.contains("kubectl-edit") && note.contains("image"),
+        "{note}"
+    );
+    let synced = &get("Function", "notifier").unwrap()["status"]["conditions"][0];
+    assert_eq!(synced["reason"], "Drifted", "{synced}");
+    assert_eq!(synced["status"], "False");
+    assert_eq!(
+        get("StatefulSet", "notifier-function").unwrap()["spec"]["template"]["spec"]["containers"]
+            [0]["image"],
+        "registry.example.com/iot/notifier:hotfix",
+        "selfHeal is off: reported, not reverted"
+    );
+    steps.done("foreign edit → DriftDetected Event naming kubectl-edit, gauge 1, Synced=False");
+
+    // The typo fixed: applied, drift gone, gauge back to zero.
+    repo.edit("deploy/notifier.yaml", "  replicaz: 3", "  replicas: 1");
+    let fixed = repo.commit("fix the typo");
+    push(&agent, &fixed, "e2e-4");
+    agent.wait_applied(&source, &fixed);
+    agent.wait_for("the drift gauge at zero", Duration::from_secs(20), |a| {
+        a.metric(&gauge) == 0.0
+    });
+    assert_eq!(
+        get("StatefulSet", "notifier-function").unwrap()["spec"]["template"]["spec"]["containers"]
+            [0]["image"],
+        "registry.example.com/iot/notifier:1.2.0"
+    );
+    let synced = &get("Function", "notifier").unwrap()["status"]["conditions"][0];
+    assert_eq!(synced["status"], "True", "{synced}");
+    steps.done("fixed commit applied: drift reverted, gauge 0, Synced=True");
+
+    // A restart writes nothing.
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    let agent = start("agent-a");
+    agent.wait_for(
+        "the first pass after the restart",
+        Duration::from_secs(30),
+        |a| {
+            let s = a.source(&source);
+            s["lastPassAt"].is_string() && s["lastAppliedCommit"] == fixed.as_str()
+        },
+    );
+    assert_eq!(agent.source(&source)["result"], "unchanged");
+    for verb in ["PATCH", "POST", "PUT", "DELETE"] {
+        assert_eq!(
+            agent.metric(&format!("meshops_api_requests_total{{verb=\"{verb}\"}}")),
+            0.0,
+            "{verb} after a restart:\n{}",
+            agent.get("/metrics").unwrap().body
+        );
+    }
+    steps.done("restart: first pass unchanged, zero writes");
+
+    // Two replicas: one leads; stop it and the other takes over.
+    let standby = start("agent-b");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(agent.get("/readyz").unwrap().status, 200);
+    assert_eq!(standby.get("/readyz").unwrap().status, 503);
+    let stopped = Instant::now();
+    let status = agent.terminate();
+    assert!(status.success(), "{status:?}");
+    standby.wait_for("the standby to lead", Duration::from_secs(15), |a| {
+        a.get("/readyz").is_some_and(|r| r.status == 200)
+    });
+    let released = stopped.elapsed();
+    steps.done(&format!(
+        "two replicas: one ready; SIGTERM the leader → the other leads after {:.1}s (lease released)",
+        released.as_secs_f64()
+    ));
+
+    // A leader that dies without releasing: taken over once the lease runs out.
+    let third_replica = start("agent-c");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(third_replica.get("/readyz").unwrap().status, 503);
+    let killed = Instant::now();
+    drop(standby);
+    third_replica.wait_for("the third replica to lead", Duration::from_secs(20), |a| {
+        a.get("/readyz").is_some_and(|r| r.status == 200)
+    });
+    steps.done(&format!(
+        "SIGKILL the leader → another leads after {:.1}s (lease duration 4s)",
+        killed.elapsed().as_secs_f64()
+    ));
+    let status = third_replica.terminate();
+    assert!(status.success(), "{status:?}");
+    eprintln!(
+        "e2e agent: {} steps passed in {:.1}s",
+        steps.n,
+        steps.started.elapsed().as_secs_f64()
     );
 }
