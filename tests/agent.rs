@@ -6,6 +6,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use meshops::agent::webhook;
 use support::agent::{push_event, AgentProcess, GitRepo};
@@ -236,6 +237,61 @@ async fn the_agent_applies_on_start_and_on_a_signed_push() {
 
         let status = agent.terminate();
         assert!(status.success(), "{status:?}");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn git_failures_are_retried_with_backoff_and_reported() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let url = server.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
+    let config = dir.path().join("agent.yaml");
+    let missing = format!("file://{}/nowhere", dir.path().display());
+    std::fs::write(
+        &config,
+        format!(
+            "{HEADER}stateDir: {}\nleaderElection: {{enabled: false}}\n\
+             sources:\n- name: gone\n  url: {missing}\n  interval: 1h\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let agent = AgentProcess::start(
+            &config,
+            &["--kubeconfig", kubeconfig.to_str().unwrap()],
+            &dir.path().join("agent.log"),
+        );
+        // Startup, then retries after about 1 s and 2 s more: three failed fetches.
+        let failures = |a: &AgentProcess| {
+            let text = a.get("/metrics").unwrap().body;
+            text.lines()
+                .filter(|l| l.starts_with("meshops_git_fetch_total{source=\"gone\""))
+                .filter(|l| !l.contains("result=\"ok\""))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        agent.wait_for("three failed fetches", Duration::from_secs(20), |a| {
+            failures(a) >= 3.0
+        });
+        // Backed off: the next tries come after 4 s, 8 s …, not at once.
+        let seen = failures(&agent);
+        assert!(seen <= 4.0, "{seen} failed fetches in ~3 s: no backoff");
+        let source = agent.source("gone");
+        let error = source["error"].as_str().unwrap();
+        assert!(error.contains(&missing), "the URL is named: {error}");
+        assert_ne!(source["result"], "applied");
+        assert!(source["lastAppliedCommit"].is_null());
+        assert!(
+            agent.log_text().contains("will retry"),
+            "{}",
+            agent.log_text()
+        );
+        assert_eq!(agent.get("/healthz").unwrap().status, 200, "still up");
+        assert!(agent.terminate().success());
     })
     .await
     .unwrap();

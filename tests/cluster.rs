@@ -430,3 +430,37 @@ async fn without_the_rbac_to_write_nothing_is_applied() {
     );
     assert_eq!(cluster.requests().writes(), 0);
 }
+
+/// Stops after the first object it sees applied: the agent's shutdown arriving mid-apply.
+struct StopAfterFirst(std::sync::atomic::AtomicBool);
+
+impl sync::Progress for StopAfterFirst {
+    fn done(&self, _: &plan::ObjectRef, _: Action) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn a_shutdown_stops_between_apply_phases() {
+    let (server, cluster) = fresh().await;
+    let objects = desired(&staging());
+    let (live, plan) = plan_against(&cluster, &objects).await;
+    let first_phase = objects.iter().map(|o| o.phase).min().unwrap();
+    let in_first_phase = objects.iter().filter(|o| o.phase == first_phase).count();
+    let stop = StopAfterFirst(Default::default());
+    let error = sync::execute_with(&cluster, &plan, &objects, &live, &options(), &stop)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, sync::SyncError::Stopped), "{error}");
+    // The first phase ran whole; nothing after it, not even the inventory.
+    let stored = server.0.lock().unwrap().objects.len();
+    assert_eq!(stored, in_first_phase);
+    assert!(objects.iter().any(|o| o.phase > first_phase));
+    assert!(server
+        .find("ConfigMap", "meshops-inventory-staging")
+        .is_none());
+}

@@ -175,7 +175,8 @@ pub async fn run(
     let mut next_poll = now + jittered(config.interval(), fastrand::f64());
     let mut next_drift = now + jittered(config.drift_interval(), fastrand::f64());
     let mut next_retry: Option<Instant> = None;
-    if *is_leader.borrow() {
+    let mut election_running = true;
+    if *is_leader.borrow_and_update() {
         handle.trigger(Trigger::Startup);
     }
     loop {
@@ -195,12 +196,11 @@ pub async fn run(
                 next_retry = None;
                 handle.trigger(Trigger::Retry);
             }
-            changed = is_leader.changed() => {
-                if changed.is_err() && !*is_leader.borrow() {
-                    // The election ended without us leading: nothing more to do.
-                    break;
-                }
-                if *is_leader.borrow_and_update() {
+            changed = is_leader.changed(), if election_running => {
+                if changed.is_err() {
+                    // The election is over (or there is none): leadership stays as it is.
+                    election_running = false;
+                } else if *is_leader.borrow_and_update() {
                     tracing::info!(source = config.name, "leading: reconciling");
                     handle.trigger(Trigger::Startup);
                 } else {
