@@ -296,3 +296,124 @@ async fn git_failures_are_retried_with_backoff_and_reported() {
     .await
     .unwrap();
 }
+
+/// A config for examples/staging under deploy/ with `extra` lines added to the source.
+fn source_config(dir: &Path, repo: &GitRepo, extra: &str) -> std::path::PathBuf {
+    let config = dir.join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEADER}stateDir: {}\nleaderElection: {{enabled: false}}\n\
+             sources:\n- name: staging\n  url: {}\n  path: deploy\n  interval: 1h\n{extra}",
+            dir.join("state").display(),
+            repo.url(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn self_heal_reverts_a_foreign_edit() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let url = server.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
+    let repo = staging_repo(&dir.path().join("repo"));
+    let first = repo.commit("staging");
+    let config = source_config(dir.path(), &repo, "  selfHeal: true\n  driftInterval: 1s\n");
+    tokio::task::spawn_blocking(move || {
+        let agent = AgentProcess::start(
+            &config,
+            &["--kubeconfig", kubeconfig.to_str().unwrap()],
+            &dir.path().join("agent.log"),
+        );
+        agent.wait_applied("staging", &first);
+        let image = |server: &FakeApiServer| {
+            server.find("StatefulSet", "notifier-function").unwrap()["spec"]["template"]["spec"]
+                ["containers"][0]["image"]
+                .clone()
+        };
+        let original = image(&server);
+        server.edit(
+            "StatefulSet",
+            "notifier-function",
+            "/spec/template/spec/containers/0/image",
+            serde_json::json!("hotfix"),
+            "f:spec",
+        );
+        assert_eq!(image(&server), "hotfix");
+        agent.wait_for("the edit reverted", Duration::from_secs(20), |_| {
+            image(&server) == original
+        });
+        assert!(
+            agent.metric("meshops_reconcile_total{source=\"staging\",result=\"healed\"}") >= 1.0
+        );
+        assert!(agent.terminate().success());
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_object_outside_the_allowed_namespaces_applies_nothing() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let url = server.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
+    let repo = staging_repo(&dir.path().join("repo"));
+    let first = repo.commit("staging");
+    let config = source_config(dir.path(), &repo, "  namespaces: [default]\n");
+    tokio::task::spawn_blocking(move || {
+        let agent = AgentProcess::start(
+            &config,
+            &["--kubeconfig", kubeconfig.to_str().unwrap()],
+            &dir.path().join("agent.log"),
+        );
+        agent.wait_for("the refusal", Duration::from_secs(20), |a| {
+            a.source("staging")["result"] == "namespace-not-allowed"
+        });
+        let source = agent.source("staging");
+        assert_eq!(source["lastSeenCommit"], first.as_str());
+        assert!(source["lastAppliedCommit"].is_null());
+        let error = source["error"].as_str().unwrap();
+        assert!(
+            error.contains("outside the namespaces this source may write to (default)"),
+            "{error}"
+        );
+        assert!(
+            server.0.lock().unwrap().objects.is_empty(),
+            "nothing applied"
+        );
+        assert!(agent.terminate().success());
+    })
+    .await
+    .unwrap();
+}
+
+#[test]
+fn an_unknown_context_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApiServer::kubeconfig("http://127.0.0.1:1", dir.path());
+    let config = dir.path().join("agent.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "{HEADER}stateDir: {}\nsources:\n- name: a\n  url: file:///nowhere\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let out = meshops(&[
+        "agent",
+        "--config",
+        config.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--context",
+        "nope",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("nope"), "{text}");
+}
