@@ -7,6 +7,7 @@
 //! lease is released so another replica takes over at once.
 
 pub mod config;
+pub mod drift;
 pub mod http;
 pub mod leader;
 pub mod metrics;

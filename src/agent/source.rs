@@ -3,28 +3,28 @@
 //! the cluster with the commit applied last. One pass at a time; triggers that arrive during
 //! a pass coalesce into the next one.
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::Recorder;
 use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::{watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::drift::Drift;
 use super::metrics::Metrics;
 use super::schedule::{jittered, Backoff, Pending, Trigger, Work};
-use crate::cluster::sync::{self, Progress, SyncOptions};
-use crate::cluster::{rollout, Cluster};
+use crate::cluster::sync::{Progress, SyncOptions};
+use crate::cluster::Cluster;
 use crate::git::{self, GitError, Mirror};
 use crate::load::{FileEntry, LoadError, LoadOptions, Tree};
 use crate::model::agent::{Credentials, GitRef, SourceConfig};
-use crate::plan::{Action, Change, ObjectRef};
+use crate::plan::{Action, ObjectRef};
 use crate::reconcile::{self, Pass, ReconcileError};
-use crate::render::{Object, OPERATOR_MANAGED};
+use crate::render::Object;
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]
@@ -119,7 +119,7 @@ impl SourceHandle {
         self.status.lock().map(|s| s.clone()).unwrap_or_default()
     }
 
-    fn update(&self, change: impl FnOnce(&mut SourceStatus)) {
+    pub(super) fn update(&self, change: impl FnOnce(&mut SourceStatus)) {
         if let Ok(mut status) = self.status.lock() {
             change(&mut status);
         }
@@ -169,7 +169,7 @@ pub async fn run(
         backoff: Backoff::default(),
         last_applied: None,
         last_seen: None,
-        reported: BTreeMap::new(),
+        drift: Drift::default(),
     };
     let now = Instant::now();
     let mut next_poll = now + jittered(config.interval(), fastrand::f64());
@@ -215,7 +215,12 @@ pub async fn run(
             continue;
         };
         let started = Instant::now();
-        let span = tracing::info_span!("reconcile", source = config.name, triggers = ?triggers.iter().map(|t| t.as_str()).collect::<Vec<_>>());
+        let span = tracing::info_span!(
+            "reconcile",
+            source = config.name,
+            triggers = ?triggers.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
+            commit = tracing::field::Empty,
+        );
         let outcome = worker.pass(work, &triggers).instrument(span).await;
         let seconds = started.elapsed().as_secs_f64();
         let stamp = now_text();
@@ -261,7 +266,7 @@ pub async fn run(
 }
 
 /// RFC 3339, to the second: for status conditions and the sources API.
-fn now_text() -> String {
+pub(super) fn now_text() -> String {
     jiff::Timestamp::now()
         .round(jiff::Unit::Second)
         .map(|t| t.to_string())
@@ -280,8 +285,8 @@ struct Worker {
     /// The commit the last pass read, applied or found invalid: a poll that finds the same
     /// head does nothing.
     last_seen: Option<String>,
-    /// Drifted objects already announced with an Event, and why.
-    reported: BTreeMap<ObjectRef, String>,
+    /// Drift already announced.
+    drift: Drift,
 }
 
 /// Stops an apply between phases when the agent shuts down.
@@ -460,6 +465,7 @@ impl Worker {
                 head
             }
         };
+        tracing::Span::current().record("commit", commit.as_str());
         self.handle
             .update(|s| s.last_seen_commit = Some(commit.clone()));
         // An invalid commit is seen (not fetched again on every poll) but never applied.
@@ -505,7 +511,7 @@ impl Worker {
             tracing::warn!(%object, error, "could not prune");
         }
         self.applied(commit, true);
-        self.reported.clear();
+        self.drift = Drift::default();
         self.context.metrics.drift(&self.config().name, 0);
         self.handle.update(|s| {
             s.drift_objects = 0;
@@ -530,6 +536,12 @@ impl Worker {
         });
     }
 
+    async fn report_drift(&mut self, pass: &Pass, commit: &str) {
+        self.drift
+            .report(&self.context, &self.handle, pass, commit)
+            .await;
+    }
+
     /// Compares the cluster with `commit` (the one applied last) and reports what differs;
     /// with `selfHeal` puts it back.
     async fn drift_pass(&mut self, commit: &str) -> Result<&'static str, SourceError> {
@@ -547,147 +559,4 @@ impl Worker {
             "unchanged"
         })
     }
-
-    /// The gauge, the log line, an Event on each owning CR for what newly drifted, and the
-    /// CR's `Synced` condition (set to `Drifted`, and back when the drift is gone).
-    async fn report_drift(&mut self, pass: &Pass, commit: &str) {
-        let drifted: Vec<&Change> = pass
-            .plan
-            .changes
-            .iter()
-            .filter(|c| !matches!(c.action, Action::Unchanged | Action::Keep))
-            .collect();
-        let name = self.config().name.clone();
-        self.context.metrics.drift(&name, drifted.len());
-        let lines: Vec<String> = drifted
-            .iter()
-            .map(|c| format!("{} {}: {}", c.object.kind, c.object.name, c.reason))
-            .collect();
-        self.handle.update(|s| {
-            s.drift_objects = drifted.len();
-            s.drift = lines.clone();
-        });
-        if !drifted.is_empty() {
-            tracing::warn!(source = name, commit, objects = drifted.len(), drift = ?lines, "drift detected");
-        }
-        // Group by owning CR; a drifted object without one is only logged.
-        let value_of = |o: &ObjectRef| {
-            pass.live.objects.get(o).or_else(|| {
-                pass.desired
-                    .iter()
-                    .find(|d| &ObjectRef::of(&d.value) == o)
-                    .map(|d| &d.value)
-            })
-        };
-        let mut by_cr: BTreeMap<ObjectRef, Vec<&Change>> = BTreeMap::new();
-        for change in &drifted {
-            if let Some(cr) = value_of(&change.object).and_then(sync::owning_cr) {
-                by_cr.entry(cr).or_default().push(change);
-            }
-        }
-        let previously: BTreeSet<ObjectRef> = self
-            .reported
-            .keys()
-            .filter_map(|o| value_of(o).and_then(sync::owning_cr))
-            .collect();
-        let mut reported = BTreeMap::new();
-        for (cr, changes) in &by_cr {
-            let fresh: Vec<&&Change> = changes
-                .iter()
-                .filter(|c| self.reported.get(&c.object) != Some(&c.reason))
-                .collect();
-            for c in changes {
-                reported.insert(c.object.clone(), c.reason.clone());
-            }
-            if fresh.is_empty() {
-                continue;
-            }
-            let note: String = fresh
-                .iter()
-                .map(|c| format!("{} {}: {}", c.object.kind, c.object.name, c.reason))
-                .collect::<Vec<_>>()
-                .join("; ");
-            self.event(pass, cr, &truncate(&note, 1000)).await;
-            self.set_synced(pass, cr, commit, Some(&truncate(&note, 1000)))
-                .await;
-        }
-        for cr in previously.difference(&by_cr.keys().cloned().collect()) {
-            self.set_synced(pass, cr, commit, None).await;
-        }
-        self.reported = reported;
-    }
-
-    async fn event(&self, pass: &Pass, cr: &ObjectRef, note: &str) {
-        let uid = pass
-            .live
-            .objects
-            .get(cr)
-            .and_then(|v| v["metadata"]["uid"].as_str());
-        let Some(uid) = uid else {
-            return;
-        };
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some(cr.api_version.clone()),
-            kind: Some(cr.kind.clone()),
-            name: Some(cr.name.clone()),
-            namespace: Some(cr.namespace.clone()),
-            uid: Some(uid.to_owned()),
-            ..Default::default()
-        };
-        let event = Event {
-            type_: EventType::Warning,
-            reason: "DriftDetected".into(),
-            note: Some(note.to_owned()),
-            action: "Compare".into(),
-            secondary: None,
-        };
-        if let Err(err) = self.context.recorder.publish(&event, &reference).await {
-            tracing::warn!(%cr, error = %err, "could not record the drift Event");
-        }
-    }
-
-    /// Writes the CR's status with `Synced=False, reason Drifted` (or back to `Applied` when
-    /// `drift` is `None`), for the CRs meshops runs itself; the operator owns the others'.
-    async fn set_synced(&self, pass: &Pass, cr: &ObjectRef, commit: &str, drift: Option<&str>) {
-        let Some(live_cr) = pass.live.objects.get(cr) else {
-            return;
-        };
-        let native = pass.desired.iter().any(|d| {
-            &ObjectRef::of(&d.value) == cr
-                && d.value["metadata"]["annotations"][OPERATOR_MANAGED] == "false"
-        });
-        if !native {
-            return;
-        }
-        let statefulset = ObjectRef {
-            api_version: "apps/v1".into(),
-            kind: "StatefulSet".into(),
-            namespace: cr.namespace.clone(),
-            name: format!("{}-{}", cr.name, cr.kind.to_ascii_lowercase()),
-        };
-        let now = now_text();
-        let mut status =
-            rollout::cr_status(live_cr, pass.live.objects.get(&statefulset), commit, &now);
-        if let Some(message) = drift {
-            status["status"]["conditions"][0] = json!({
-                "type": "Synced", "status": "False", "reason": "Drifted", "message": message,
-                "lastTransitionTime": now, "observedGeneration": live_cr["metadata"]["generation"],
-            });
-        }
-        if let Err(err) = self.context.cluster.apply_status(&status).await {
-            tracing::warn!(%cr, error = %err, "could not write the CR status");
-        }
-    }
-}
-
-/// At most `max` bytes, cut at a character boundary (Event notes are limited to 1 kB).
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max.saturating_sub(3);
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
 }
