@@ -112,23 +112,55 @@ fn staging_repo(dir: &Path) -> GitRepo {
     repo
 }
 
-fn agent_config(dir: &Path, repo: &GitRepo) -> std::path::PathBuf {
-    std::fs::write(dir.join("secret"), format!("{SECRET}\n")).unwrap();
-    let config = dir.join("agent.yaml");
+/// A running agent on the API double, following examples/staging (committed as `first`
+/// under `deploy/`) with `extra` lines in its source's config.
+struct Running {
+    server: FakeApiServer,
+    repo: GitRepo,
+    first: String,
+    agent: AgentProcess,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts an agent as [`Running`] describes and runs `check` on a blocking thread (the
+/// agent's client is blocking).
+async fn with_agent(extra: &str, check: impl FnOnce(Running) + Send + 'static) {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let url = server.listen().await;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
+    let repo = staging_repo(&dir.path().join("repo"));
+    let first = repo.commit("staging");
+    std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
+    let config = dir.path().join("agent.yaml");
     std::fs::write(
         &config,
         format!(
             "{HEADER}stateDir: {state}\nwebhook: {{secretFile: {secret}}}\n\
              leaderElection: {{enabled: false}}\n\
-             sources:\n- name: staging\n  url: {url}\n  path: deploy\n  interval: 1h\n  \
-             driftInterval: 1h\n  namespaces: [staging, default]\n  github: {{repo: acme/functions}}\n",
-            state = dir.join("state").display(),
-            secret = dir.join("secret").display(),
+             sources:\n- name: staging\n  url: {url}\n  path: deploy\n  interval: 1h\n{extra}",
+            state = dir.path().join("state").display(),
+            secret = dir.path().join("secret").display(),
             url = repo.url(),
         ),
     )
     .unwrap();
-    config
+    tokio::task::spawn_blocking(move || {
+        let agent = AgentProcess::start(
+            &config,
+            &["--kubeconfig", kubeconfig.to_str().unwrap()],
+            &dir.path().join("agent.log"),
+        );
+        check(Running {
+            server,
+            repo,
+            first,
+            agent,
+            _dir: dir,
+        });
+    })
+    .await
+    .unwrap();
 }
 
 fn signed(body: &[u8]) -> String {
@@ -137,21 +169,16 @@ fn signed(body: &[u8]) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_agent_applies_on_start_and_on_a_signed_push() {
-    let server = FakeApiServer::new(&["default", "staging"], true);
-    let url = server.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
-    let repo = staging_repo(&dir.path().join("repo"));
-    let first = repo.commit("staging");
-    let config = agent_config(dir.path(), &repo);
-    let server2 = server.clone();
-    tokio::task::spawn_blocking(move || {
-        let server = server2;
-        let agent = AgentProcess::start(
-            &config,
-            &["--kubeconfig", kubeconfig.to_str().unwrap()],
-            &dir.path().join("agent.log"),
-        );
+    let extra = "  driftInterval: 1h\n  namespaces: [staging, default]\n  \
+                 github: {repo: acme/functions}\n";
+    with_agent(extra, |running| {
+        let Running {
+            server,
+            repo,
+            first,
+            agent,
+            ..
+        } = running;
         // Startup applies the branch's head.
         agent.wait_applied("staging", &first);
         assert!(server.find("Function", "alerts").is_some());
@@ -238,8 +265,7 @@ async fn the_agent_applies_on_start_and_on_a_signed_push() {
         let status = agent.terminate();
         assert!(status.success(), "{status:?}");
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -297,37 +323,15 @@ async fn git_failures_are_retried_with_backoff_and_reported() {
     .unwrap();
 }
 
-/// A config for examples/staging under deploy/ with `extra` lines added to the source.
-fn source_config(dir: &Path, repo: &GitRepo, extra: &str) -> std::path::PathBuf {
-    let config = dir.join("agent.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "{HEADER}stateDir: {}\nleaderElection: {{enabled: false}}\n\
-             sources:\n- name: staging\n  url: {}\n  path: deploy\n  interval: 1h\n{extra}",
-            dir.join("state").display(),
-            repo.url(),
-        ),
-    )
-    .unwrap();
-    config
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn self_heal_reverts_a_foreign_edit() {
-    let server = FakeApiServer::new(&["default", "staging"], true);
-    let url = server.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
-    let repo = staging_repo(&dir.path().join("repo"));
-    let first = repo.commit("staging");
-    let config = source_config(dir.path(), &repo, "  selfHeal: true\n  driftInterval: 1s\n");
-    tokio::task::spawn_blocking(move || {
-        let agent = AgentProcess::start(
-            &config,
-            &["--kubeconfig", kubeconfig.to_str().unwrap()],
-            &dir.path().join("agent.log"),
-        );
+    with_agent("  selfHeal: true\n  driftInterval: 1s\n", |running| {
+        let Running {
+            server,
+            first,
+            agent,
+            ..
+        } = running;
         agent.wait_applied("staging", &first);
         let image = |server: &FakeApiServer| {
             server.find("StatefulSet", "notifier-function").unwrap()["spec"]["template"]["spec"]
@@ -351,25 +355,18 @@ async fn self_heal_reverts_a_foreign_edit() {
         );
         assert!(agent.terminate().success());
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_object_outside_the_allowed_namespaces_applies_nothing() {
-    let server = FakeApiServer::new(&["default", "staging"], true);
-    let url = server.listen().await;
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
-    let repo = staging_repo(&dir.path().join("repo"));
-    let first = repo.commit("staging");
-    let config = source_config(dir.path(), &repo, "  namespaces: [default]\n");
-    tokio::task::spawn_blocking(move || {
-        let agent = AgentProcess::start(
-            &config,
-            &["--kubeconfig", kubeconfig.to_str().unwrap()],
-            &dir.path().join("agent.log"),
-        );
+    with_agent("  namespaces: [default]\n", |running| {
+        let Running {
+            server,
+            first,
+            agent,
+            ..
+        } = running;
         agent.wait_for("the refusal", Duration::from_secs(20), |a| {
             a.source("staging")["result"] == "namespace-not-allowed"
         });
@@ -387,8 +384,7 @@ async fn an_object_outside_the_allowed_namespaces_applies_nothing() {
         );
         assert!(agent.terminate().success());
     })
-    .await
-    .unwrap();
+    .await;
 }
 
 #[test]
