@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -92,26 +91,6 @@ fn a_source_repository_may_not_hold_an_agent_config() {
     assert!(text.contains("misplaced-agent-config"), "{text}");
 }
 
-/// examples/staging in a git repository under `deploy/`, with the examples' settings.
-fn staging_repo(dir: &Path) -> GitRepo {
-    let repo = GitRepo::init(dir);
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
-    repo.write(
-        "deploy/meshops.yaml",
-        &std::fs::read_to_string(root.join("meshops.yaml")).unwrap(),
-    );
-    for entry in std::fs::read_dir(root.join("staging")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        repo.write(
-            &format!("deploy/{name}"),
-            &std::fs::read_to_string(&path).unwrap(),
-        );
-    }
-    repo.write("README.md", "not a manifest\n");
-    repo
-}
-
 /// A running agent on the API double, following examples/staging (committed as `first`
 /// under `deploy/`) with `extra` lines in its source's config.
 struct Running {
@@ -129,7 +108,7 @@ async fn with_agent(extra: &str, check: impl FnOnce(Running) + Send + 'static) {
     let url = server.listen().await;
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = FakeApiServer::kubeconfig(&url, dir.path());
-    let repo = staging_repo(&dir.path().join("repo"));
+    let repo = GitRepo::with_staging(&dir.path().join("repo"), "staging");
     let first = repo.commit("staging");
     std::fs::write(dir.path().join("secret"), format!("{SECRET}\n")).unwrap();
     let config = dir.path().join("agent.yaml");

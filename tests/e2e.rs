@@ -889,20 +889,7 @@ fn e2e_agent_follows_a_repository() {
 
     // The repository: examples/staging under deploy/, in the test's namespace.
     let work = tempfile::tempdir().unwrap();
-    let repo = GitRepo::init(&work.path().join("repo"));
-    let examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples");
-    repo.write(
-        "deploy/meshops.yaml",
-        &std::fs::read_to_string(examples.join("meshops.yaml")).unwrap(),
-    );
-    for entry in std::fs::read_dir(examples.join("staging")).unwrap() {
-        let path = entry.unwrap().path();
-        let text = std::fs::read_to_string(&path)
-            .unwrap()
-            .replace("namespace: staging", &format!("namespace: {namespace}"));
-        let name = path.file_name().unwrap().to_str().unwrap().to_owned();
-        repo.write(&format!("deploy/{name}"), &text);
-    }
+    let repo = GitRepo::with_staging(&work.path().join("repo"), &namespace);
     let first = repo.commit("staging");
 
     let secret = "e2e webhook secret";

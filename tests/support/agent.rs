@@ -64,6 +64,25 @@ impl GitRepo {
         std::fs::remove_file(self.dir.join(path)).unwrap();
     }
 
+    /// examples/staging under `deploy/` with the examples' meshops.yaml, its objects in
+    /// `namespace`, and a README that is not a manifest (not committed yet).
+    pub fn with_staging(dir: &Path, namespace: &str) -> GitRepo {
+        let repo = GitRepo::init(dir);
+        let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let settings = std::fs::read_to_string(examples.join("meshops.yaml")).unwrap();
+        repo.write("deploy/meshops.yaml", &settings);
+        for entry in std::fs::read_dir(examples.join("staging")).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("namespace: staging", &format!("namespace: {namespace}"));
+            let name = path.file_name().unwrap().to_str().unwrap().to_owned();
+            repo.write(&format!("deploy/{name}"), &text);
+        }
+        repo.write("README.md", "not a manifest\n");
+        repo
+    }
+
     /// Commits everything; the new commit's id.
     pub fn commit(&self, message: &str) -> String {
         self.git(&["add", "-A"]);
