@@ -11,6 +11,7 @@ pub mod agent;
 pub mod cli;
 pub mod cluster;
 pub mod git;
+pub mod github;
 pub mod load;
 pub mod model;
 pub mod plan;

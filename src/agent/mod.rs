@@ -11,6 +11,7 @@ pub mod drift;
 pub mod http;
 pub mod leader;
 pub mod metrics;
+pub mod report;
 pub mod schedule;
 pub mod source;
 pub mod webhook;

@@ -459,6 +459,24 @@ impl Mirror {
         Ok(())
     }
 
+    /// Fetches a pull request's head (`refs/pull/N/head`, as GitHub advertises it; shallow
+    /// where the transport allows) and returns its commit, for a plan of the pull request.
+    /// The tracked ref is not touched.
+    pub fn fetch_pull(&self, number: u64) -> Result<String, GitError> {
+        let local = format!("refs/meshops/pull/{number}");
+        let shallow = self.transport != Transport::Local;
+        self.fetch_refspecs(&[format!("+refs/pull/{number}/head:{local}")], shallow)?;
+        let context = self.context(Operation::Fetch, &format!("pull request #{number}"));
+        let commit = self
+            .repo
+            .refname_to_id(&local)
+            .map_err(|_| GitError::NotFound {
+                context,
+                what: format!("refs/pull/{number}/head not found on the remote"),
+            })?;
+        Ok(commit.to_string())
+    }
+
     /// Every regular file (a blob: not a symlink, not a submodule) under `path` (relative to
     /// the repository root; `""` or `"."` is the root) in `commit`'s tree, in tree order.
     /// A blob larger than `max_bytes` is listed with its size and no content, and is not read.

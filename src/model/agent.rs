@@ -29,6 +29,9 @@ pub struct AgentConfig {
     pub webhook: Option<WebhookConfig>,
     /// Leader election; on by default so that two replicas never apply at once.
     pub leader_election: Option<LeaderElection>,
+    /// Reporting to GitHub (commit statuses, pull-request plans); sources name their
+    /// repository with `github.repo`.
+    pub github: Option<GithubAccess>,
     #[schemars(length(min = 1))]
     pub sources: Vec<SourceConfig>,
 }
@@ -55,6 +58,33 @@ pub struct LeaderElection {
     /// How long a leader's lease lasts without renewal (default 15s): the failover time.
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub lease_duration: Option<String>,
+}
+
+/// How the agent reaches GitHub: a token, or a GitHub App installation.
+#[skip_serializing_none]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GithubAccess {
+    /// The REST API (default `https://api.github.com`; GitHub Enterprise:
+    /// `https://HOST/api/v3`).
+    pub api_url: Option<String>,
+    /// A file holding a token (fine-grained: commit statuses and pull requests, read and write).
+    pub token_file: Option<PathBuf>,
+    /// The environment variable holding a token.
+    pub token_env: Option<String>,
+    /// A GitHub App; needed for check runs with annotations.
+    pub app: Option<GithubApp>,
+    /// Where a status's "Details" link points (e.g. this agent's sources API).
+    pub target_url: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct GithubApp {
+    pub app_id: u64,
+    pub installation_id: u64,
+    /// The App's private key (PEM), to sign the JWT exchanged for installation tokens.
+    pub private_key_file: PathBuf,
 }
 
 /// One repository path the agent keeps applied: the unit of inventory, as `--source`.
@@ -94,6 +124,10 @@ pub struct SourceConfig {
     /// How long one git network operation may take (default 1m).
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub timeout: Option<String>,
+    /// How long to follow the rollout after an apply before the sync is a failure (default
+    /// 5m; `0s`: do not wait).
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub rollout_timeout: Option<String>,
     pub github: Option<GithubConfig>,
 }
 
@@ -183,6 +217,16 @@ impl SourceConfig {
             .as_deref()
             .and_then(duration)
             .unwrap_or(Duration::from_secs(60))
+    }
+
+    /// `None`: apply without following the rollout.
+    pub fn rollout_timeout(&self) -> Option<Duration> {
+        let timeout = self
+            .rollout_timeout
+            .as_deref()
+            .and_then(duration)
+            .unwrap_or(Duration::from_secs(300));
+        (!timeout.is_zero()).then_some(timeout)
     }
 
     pub fn git_ref(&self) -> GitRef {
