@@ -117,7 +117,8 @@ async fn with_agent(extra: &str, check: impl FnOnce(Running) + Send + 'static) {
         format!(
             "{HEADER}stateDir: {state}\nwebhook: {{secretFile: {secret}}}\n\
              leaderElection: {{enabled: false}}\n\
-             sources:\n- name: staging\n  url: {url}\n  path: deploy\n  interval: 1h\n{extra}",
+             sources:\n- name: staging\n  url: {url}\n  path: deploy\n  interval: 1h\n  \
+             rolloutTimeout: 0s\n{extra}",
             state = dir.path().join("state").display(),
             secret = dir.path().join("secret").display(),
             url = repo.url(),

@@ -902,7 +902,7 @@ fn e2e_agent_follows_a_repository() {
              webhook: {{secretFile: {secret}}}\n\
              leaderElection: {{namespace: default, leaseName: {lease}, leaseDuration: 4s}}\n\
              sources:\n- name: {prefix}e2e\n  url: {url}\n  path: deploy\n  interval: 1h\n  \
-             driftInterval: 2s\n  namespaces: [{namespace}, default]\n",
+             driftInterval: 2s\n  rolloutTimeout: 1s\n  namespaces: [{namespace}, default]\n",
             state = work.path().join("state").display(),
             secret = work.path().join("secret").display(),
             url = repo.url(),

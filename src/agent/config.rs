@@ -56,7 +56,30 @@ pub fn load(path: &Path) -> Result<AgentConfig, Box<Validation>> {
                 Some(checked.document),
             ));
         }
+        if let Some(github) = &config.github {
+            let ways = [
+                github.token_file.is_some(),
+                github.token_env.is_some(),
+                github.app.is_some(),
+            ];
+            if ways.iter().filter(|w| **w).count() != 1 {
+                found.push(error(
+                    "github needs exactly one of tokenFile, tokenEnv or app".to_owned(),
+                    "/github",
+                    Some(checked.document),
+                ));
+            }
+        }
         for (index, source) in config.sources.iter().enumerate() {
+            if let Some(text) = &source.rollout_timeout {
+                if agent::duration(text).is_none() {
+                    found.push(error(
+                        format!("rolloutTimeout \"{text}\" is not a duration"),
+                        &format!("/sources/{index}/rolloutTimeout"),
+                        Some(checked.document),
+                    ));
+                }
+            }
             for (field, value) in [
                 ("interval", &source.interval),
                 ("driftInterval", &source.drift_interval),

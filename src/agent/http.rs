@@ -162,6 +162,41 @@ async fn github(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
                 json!({"error": err.to_string()}),
             ),
         },
+        "pull_request" => match webhook::parse_pull_request(&body) {
+            Ok(pull) => {
+                let triggered: Vec<&str> = shared
+                    .sources
+                    .iter()
+                    .filter(|s| webhook::plans(&pull, &s.config))
+                    .map(|s| {
+                        s.plan_pull_request(pull.number);
+                        s.config.name.as_str()
+                    })
+                    .collect();
+                tracing::info!(
+                    repository = pull.repository.full_name,
+                    number = pull.number,
+                    action = pull.action,
+                    sources = ?triggered,
+                    "pull request received"
+                );
+                let result = if triggered.is_empty() {
+                    "ignored"
+                } else {
+                    "accepted"
+                };
+                answer(
+                    StatusCode::ACCEPTED,
+                    result,
+                    json!({ "planning": triggered }),
+                )
+            }
+            Err(err) => answer(
+                StatusCode::BAD_REQUEST,
+                err.category(),
+                json!({"error": err.to_string()}),
+            ),
+        },
         _ => answer(
             StatusCode::ACCEPTED,
             "ignored",

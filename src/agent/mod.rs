@@ -47,6 +47,8 @@ pub enum AgentError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot set up GitHub reporting: {0}")]
+    Github(#[from] crate::github::GithubError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: SocketAddr,
@@ -138,8 +140,13 @@ pub async fn run(
             instance: Some(options.identity.clone()),
         },
     );
+    let reporter: Arc<dyn report::Reporter> = match &config.github {
+        Some(access) => Arc::new(crate::github::GitHub::connect(access)?),
+        None => Arc::new(report::Silent),
+    };
     let context = Arc::new(Context {
         cluster,
+        reporter,
         metrics: metrics.clone(),
         recorder,
         state_dir,

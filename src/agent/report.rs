@@ -122,7 +122,10 @@ pub fn invalid(validation: &Validation) -> String {
             };
             let errors = validation.errors();
             let noun = if errors == 1 { "error" } else { "errors" };
-            format!("invalid manifests: {errors} {noun}; first {place} {}", d.message)
+            format!(
+                "invalid manifests: {errors} {noun}; first {place} {}",
+                d.message
+            )
         }
         None => "invalid manifests".to_owned(),
     }
@@ -142,7 +145,11 @@ pub fn drifted(plan: &Plan) -> Option<String> {
                 .strip_prefix("changed in the cluster by ")
                 .map(|rest| match rest.split_once(" (") {
                     Some((manager, fields)) => {
-                        let field = fields.trim_end_matches(')').split(", ").next().unwrap_or("");
+                        let field = fields
+                            .trim_end_matches(')')
+                            .split(", ")
+                            .next()
+                            .unwrap_or("");
                         let leaf = field.rsplit('.').next().unwrap_or(field);
                         format!("{leaf} by {manager}")
                     }
@@ -181,8 +188,9 @@ pub fn table(plan: &Plan) -> String {
     if by_kind.is_empty() {
         return String::new();
     }
-    let mut out = "| kind | create | update | recreate | delete |\n| --- | --: | --: | --: | --: |\n"
-        .to_owned();
+    let mut out =
+        "| kind | create | update | recreate | delete |\n| --- | --: | --: | --: | --: |\n"
+            .to_owned();
     for (kind, [create, update, recreate, delete]) in by_kind {
         out.push_str(&format!(
             "| {kind} | {create} | {update} | {recreate} | {delete} |\n"
@@ -299,7 +307,11 @@ pub fn split(source: &str, body: &str) -> Vec<String> {
         .enumerate()
         .map(|(i, part)| {
             let heading = if total > 1 {
-                format!("{}\n*(part {} of {total})*\n\n", marker(source, i + 1), i + 1)
+                format!(
+                    "{}\n*(part {} of {total})*\n\n",
+                    marker(source, i + 1),
+                    i + 1
+                )
             } else {
                 format!("{}\n", marker(source, i + 1))
             };
@@ -409,6 +421,9 @@ mod tests {
         let joined = parts.concat();
         assert!(joined.contains("registry/399/19:aaaa"));
         assert_eq!(split("prod", "short").len(), 1);
-        assert_eq!(split("prod", "short")[0], format!("{}\nshort", marker("prod", 1)));
+        assert_eq!(
+            split("prod", "short")[0],
+            format!("{}\nshort", marker("prod", 1))
+        );
     }
 }

@@ -21,6 +21,8 @@ pub enum Trigger {
     Drift,
     /// The backoff after a failure ran out.
     Retry,
+    /// A pull request to plan (opened, pushed to, reopened).
+    PullRequest,
 }
 
 impl Trigger {
@@ -32,6 +34,7 @@ impl Trigger {
             Trigger::Manual => "manual",
             Trigger::Drift => "drift",
             Trigger::Retry => "retry",
+            Trigger::PullRequest => "pull-request",
         }
     }
 }
@@ -45,6 +48,8 @@ pub enum Work {
     Sync { force: bool },
     /// Only compare the cluster with the commit applied last.
     Drift,
+    /// Only plan the pull requests waiting (every pass plans them after its work).
+    PullRequests,
 }
 
 /// Triggers that arrived while a pass ran (or before the first): however many there are,
@@ -73,6 +78,8 @@ impl Pending {
             .any(|t| matches!(t, Trigger::Startup | Trigger::Manual | Trigger::Retry));
         let work = if triggers == [Trigger::Drift] {
             Work::Drift
+        } else if triggers == [Trigger::PullRequest] {
+            Work::PullRequests
         } else {
             Work::Sync { force }
         };
@@ -155,6 +162,11 @@ mod tests {
         pending.add(Trigger::Drift);
         pending.add(Trigger::Drift);
         assert_eq!(pending.take().unwrap(), (Work::Drift, vec![Trigger::Drift]));
+        pending.add(Trigger::PullRequest);
+        assert_eq!(pending.take().unwrap().0, Work::PullRequests);
+        pending.add(Trigger::PullRequest);
+        pending.add(Trigger::Webhook);
+        assert_eq!(pending.take().unwrap().0, Work::Sync { force: false });
     }
 
     #[test]

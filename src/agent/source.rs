@@ -3,6 +3,7 @@
 //! the cluster with the commit applied last. One pass at a time; triggers that arrive during
 //! a pass coalesce into the next one.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -16,6 +17,7 @@ use tracing::Instrument;
 
 use super::drift::Drift;
 use super::metrics::Metrics;
+use super::report::{self, PlanReport, Reporter, State, Status};
 use super::schedule::{jittered, Backoff, Pending, Trigger, Work};
 use crate::cluster::sync::{Progress, SyncOptions};
 use crate::cluster::Cluster;
@@ -89,6 +91,8 @@ pub struct SourceStatus {
 pub struct SourceHandle {
     pub config: SourceConfig,
     pending: Mutex<Pending>,
+    /// Pull requests waiting for a plan (a push to one while it waits plans the newest head).
+    pulls: Mutex<BTreeSet<u64>>,
     wake: Notify,
     status: Mutex<SourceStatus>,
 }
@@ -98,6 +102,7 @@ impl SourceHandle {
         SourceHandle {
             config,
             pending: Mutex::new(Pending::default()),
+            pulls: Mutex::new(BTreeSet::new()),
             wake: Notify::new(),
             status: Mutex::new(SourceStatus::default()),
         }
@@ -109,6 +114,21 @@ impl SourceHandle {
             pending.add(trigger);
         }
         self.wake.notify_one();
+    }
+
+    /// Asks for a plan of pull request `number`, after the current pass.
+    pub fn plan_pull_request(&self, number: u64) {
+        if let Ok(mut pulls) = self.pulls.lock() {
+            pulls.insert(number);
+        }
+        self.trigger(Trigger::PullRequest);
+    }
+
+    fn take_pull_requests(&self) -> Vec<u64> {
+        self.pulls
+            .lock()
+            .map(|mut p| std::mem::take(&mut *p).into_iter().collect())
+            .unwrap_or_default()
     }
 
     fn take(&self) -> Option<(Work, Vec<Trigger>)> {
@@ -148,6 +168,8 @@ impl SourceHandle {
 /// What a source's task needs besides its handle.
 pub struct Context {
     pub cluster: Cluster,
+    /// Where statuses and pull-request plans go (GitHub, or nowhere).
+    pub reporter: Arc<dyn Reporter>,
     pub metrics: Metrics,
     pub recorder: Recorder,
     pub state_dir: PathBuf,
@@ -214,6 +236,29 @@ pub async fn run(
         let Some((work, triggers)) = handle.take() else {
             continue;
         };
+        if work != Work::PullRequests {
+            worker.reconcile(work, &triggers, &mut next_retry).await;
+        }
+        for number in handle.take_pull_requests() {
+            let span = tracing::info_span!("plan", source = config.name, pull_request = number);
+            worker.plan_pull_request(number).instrument(span).await;
+        }
+    }
+    tracing::debug!(source = config.name, "source task stopped");
+}
+
+impl Worker {
+    /// One reconcile pass with its bookkeeping: metrics, the sources API, the retry.
+    async fn reconcile(
+        &mut self,
+        work: Work,
+        triggers: &[Trigger],
+        next_retry: &mut Option<Instant>,
+    ) {
+        let handle = self.handle.clone();
+        let context = self.context.clone();
+        let config = &handle.config;
+        let worker = self;
         let started = Instant::now();
         let span = tracing::info_span!(
             "reconcile",
@@ -221,13 +266,13 @@ pub async fn run(
             triggers = ?triggers.iter().map(|t| t.as_str()).collect::<Vec<_>>(),
             commit = tracing::field::Empty,
         );
-        let outcome = worker.pass(work, &triggers).instrument(span).await;
+        let outcome = worker.pass(work, triggers).instrument(span).await;
         let seconds = started.elapsed().as_secs_f64();
         let stamp = now_text();
         match outcome {
             Ok(result) => {
                 worker.backoff.succeeded();
-                next_retry = None;
+                *next_retry = None;
                 context.metrics.reconciled(&config.name, result, seconds);
                 handle.update(|s| {
                     s.result = Some(result.into());
@@ -257,12 +302,11 @@ pub async fn run(
                     worker.backoff.failed();
                     let delay = worker.backoff.delay(fastrand::f64()).unwrap_or_default();
                     tracing::info!(source = config.name, retry_in = ?delay, failures = worker.backoff.failures(), "will retry");
-                    next_retry = Some(Instant::now() + delay);
+                    *next_retry = Some(Instant::now() + delay);
                 }
             }
         }
     }
-    tracing::debug!(source = config.name, "source task stopped");
 }
 
 /// RFC 3339, to the second: for status conditions and the sources API.
@@ -384,15 +428,22 @@ impl Worker {
         result
     }
 
-    /// The desired objects of `commit` (fetched if the mirror lacks it).
-    async fn desired_at(&mut self, commit: &str) -> Result<Vec<Object>, SourceError> {
+    /// The files of `revision` under the source's path, loaded as a tree (fetched first if
+    /// the mirror lacks them); the commit they are at.
+    async fn tree_at(&mut self, revision: Revision) -> Result<(String, Tree), SourceError> {
         let max = self.context.max_file_bytes;
         let path = self.config().path().to_owned();
-        let wanted = commit.to_owned();
-        let files = self
+        let (commit, files) = self
             .with_mirror(move |m| {
-                m.fetch(&wanted)?;
-                m.files(&wanted, &path, max)
+                let commit = match revision {
+                    Revision::Commit(commit) => {
+                        m.fetch(&commit)?;
+                        commit
+                    }
+                    Revision::PullRequest(number) => m.fetch_pull(number)?,
+                };
+                let files = m.files(&commit, &path, max)?;
+                Ok((commit, files))
             })
             .await?;
         let options = LoadOptions {
@@ -414,13 +465,102 @@ impl Worker {
             .collect();
         let mut tree = Tree::default();
         tree.add_entries(entries, &options);
+        Ok((commit, tree))
+    }
+
+    /// Validates and renders a tree, off the async threads (a large repository takes a
+    /// while).
+    async fn render(&self, tree: Tree) -> Result<Vec<Object>, SourceError> {
         let mode = self.config().mode;
         let source = self.config().name.clone();
-        // Validating and rendering a large repository takes a while: off the async threads.
         let desired = tokio::task::spawn_blocking(move || reconcile::desired(&tree, mode, &source))
             .await
             .map_err(|e| SourceError::Task(e.to_string()))??;
         Ok(desired)
+    }
+
+    /// The desired objects of `commit` (fetched if the mirror lacks it).
+    async fn desired_at(&mut self, commit: &str) -> Result<Vec<Object>, SourceError> {
+        let (_, tree) = self.tree_at(Revision::Commit(commit.to_owned())).await?;
+        self.render(tree).await
+    }
+
+    /// Plans pull request `number` against the live cluster (never applies) and reports it:
+    /// the `meshops/plan/<source>` status on its head, the sticky comment, the check run.
+    async fn plan_pull_request(&mut self, number: u64) {
+        let Some(repo) = self.config().github.as_ref().map(|g| g.repo.clone()) else {
+            tracing::debug!("no github.repo for this source: pull requests are not planned");
+            return;
+        };
+        let (sha, tree) = match self.tree_at(Revision::PullRequest(number)).await {
+            Ok(found) => found,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot read the pull request");
+                return;
+            }
+        };
+        let source = self.config().name.clone();
+        let status = |state, description: &str| Status::new("plan", &source, state, description);
+        let (status, comment, annotations) = match self.planned(&sha, tree).await {
+            Ok((plan, diffs)) => {
+                let details = crate::plan::markdown(&plan, &diffs);
+                let comment = report::plan_comment(&source, &sha, &plan, &details);
+                (status(State::Success, &plan.summary()), comment, Vec::new())
+            }
+            Err(err) => match err {
+                SourceError::Reconcile(e) => match *e {
+                    ReconcileError::Invalid(validation) => (
+                        status(State::Failure, &report::invalid(&validation)),
+                        report::invalid_comment(&source, &sha, &validation),
+                        report::annotations(&validation),
+                    ),
+                    other => failed_plan(
+                        &source,
+                        &sha,
+                        &other.to_string(),
+                        status(State::Failure, &other.to_string()),
+                    ),
+                },
+                other => failed_plan(
+                    &source,
+                    &sha,
+                    &other.to_string(),
+                    status(State::Error, &other.to_string()),
+                ),
+            },
+        };
+        tracing::info!(commit = sha, status = status.description, "planned");
+        let report = PlanReport {
+            comments: report::split(&source, &comment),
+            source,
+            pull_request: number,
+            head_sha: sha,
+            status,
+            annotations,
+        };
+        self.context.reporter.plan(&repo, report).await;
+    }
+
+    /// The plan of a pull request's tree and its diffs (dry-runs: nothing is written).
+    async fn planned(
+        &mut self,
+        sha: &str,
+        tree: Tree,
+    ) -> Result<
+        (
+            crate::plan::Plan,
+            std::collections::BTreeMap<ObjectRef, String>,
+        ),
+        SourceError,
+    > {
+        let desired = self.render(tree).await?;
+        let options = self.options(sha);
+        if let Some(allowed) = self.config().allowed_namespaces() {
+            reconcile::check_namespaces(&desired, &options, &allowed)?;
+        }
+        let pass = reconcile::plan(&self.context.cluster, desired, options).await?;
+        let diffs = reconcile::diffs(&self.context.cluster, &pass).await?;
+        Ok((pass.plan, diffs))
     }
 
     fn options(&self, commit: &str) -> SyncOptions {
@@ -445,6 +585,8 @@ impl Worker {
         triggers: &[Trigger],
     ) -> Result<&'static str, SourceError> {
         let commit = match work {
+            // Served by the loop itself.
+            Work::PullRequests => return Ok("unchanged"),
             Work::Drift => match self.last_applied.clone() {
                 Some(commit) => return self.drift_pass(&commit).await,
                 // Nothing applied yet by this agent: a full pass finds out where things are.
@@ -468,46 +610,75 @@ impl Worker {
         tracing::Span::current().record("commit", commit.as_str());
         self.handle
             .update(|s| s.last_seen_commit = Some(commit.clone()));
+        let outcome = self.sync(&commit, triggers).await;
+        if let Err(err) = &outcome {
+            let (state, description) = failed_sync(err);
+            self.status(&commit, "sync", state, &description).await;
+        }
+        outcome
+    }
+
+    /// Brings the cluster to `commit`, reporting on it as it goes.
+    async fn sync(
+        &mut self,
+        commit: &str,
+        triggers: &[Trigger],
+    ) -> Result<&'static str, SourceError> {
         // An invalid commit is seen (not fetched again on every poll) but never applied.
-        let desired = self.desired_at(&commit).await;
-        self.last_seen = Some(commit.clone());
+        let desired = self.desired_at(commit).await;
+        self.last_seen = Some(commit.to_owned());
         let desired = desired?;
-        let options = self.options(&commit);
+        let options = self.options(commit);
         if let Some(allowed) = self.config().allowed_namespaces() {
             reconcile::check_namespaces(&desired, &options, &allowed)?;
         }
         let cluster = &self.context.cluster;
         let pass = reconcile::plan(cluster, desired, options).await?;
         if pass.in_sync() {
-            self.applied(&commit, false);
-            self.report_drift(&pass, &commit).await;
+            self.applied(commit, false);
+            let description = format!(
+                "{} is applied; the cluster matches it",
+                report::short(commit)
+            );
+            self.status(commit, "sync", State::Success, &description)
+                .await;
+            self.report_drift(&pass, commit).await;
             return Ok("unchanged");
         }
         // The cluster is at this commit already and differs: that is drift, not a deploy.
-        let same_commit = pass.live.revision.as_deref() == Some(commit.as_str());
+        let same_commit = pass.live.revision.as_deref() == Some(commit);
         let manual = triggers.contains(&Trigger::Manual);
         if same_commit && !manual && !self.config().self_heal.unwrap_or(false) {
-            self.last_applied = Some(commit.clone());
-            self.report_drift(&pass, &commit).await;
+            self.last_applied = Some(commit.to_owned());
+            self.report_drift(&pass, commit).await;
             return Ok("drifted");
         }
-        self.apply(&pass, &commit).await?;
-        Ok("applied")
+        self.apply(&pass, commit).await
     }
 
-    async fn apply(&mut self, pass: &Pass, commit: &str) -> Result<(), SourceError> {
+    /// Applies, follows the rollout (up to `rolloutTimeout`), writes the CR status; the
+    /// `result` label: `applied`, or `rollout-failed` (the apply itself went through).
+    async fn apply(&mut self, pass: &Pass, commit: &str) -> Result<&'static str, SourceError> {
         let summary = pass.plan.summary();
-        let stop = StopOnCancel(&self.context.cancel);
-        let applied =
-            reconcile::apply(&self.context.cluster, pass, None, &now_text(), &stop).await?;
+        self.status(
+            commit,
+            "sync",
+            State::Pending,
+            &format!("applying: {summary}"),
+        )
+        .await;
+        let context = self.context.clone();
+        let stop = StopOnCancel(&context.cancel);
+        let cluster = &context.cluster;
+        let written = reconcile::execute(cluster, pass, &stop).await?;
         tracing::info!(
             commit,
-            applied = applied.report.applied.len(),
-            deleted = applied.report.deleted.len(),
+            applied = written.applied.len(),
+            deleted = written.deleted.len(),
             plan = summary,
             "applied"
         );
-        for (object, error) in &applied.report.failed_deletes {
+        for (object, error) in &written.failed_deletes {
             tracing::warn!(%object, error, "could not prune");
         }
         self.applied(commit, true);
@@ -517,7 +688,64 @@ impl Worker {
             s.drift_objects = 0;
             s.drift.clear();
         });
-        Ok(())
+        let wait = self.config().rollout_timeout();
+        let rollouts = crate::cluster::sync::rollouts(&pass.plan).len();
+        if wait.is_some() && rollouts > 0 {
+            let description = format!("applied; rolling out {rollouts} StatefulSet(s)");
+            self.status(commit, "sync", State::Pending, &description)
+                .await;
+        }
+        let wait = wait.filter(|_| rollouts > 0);
+        let settled = reconcile::settle(cluster, pass, written, wait, &now_text()).await?;
+        match settled.rollout {
+            Ok(()) => {
+                let done = if wait.is_some() {
+                    "applied and rolled out"
+                } else {
+                    "applied"
+                };
+                self.status(
+                    commit,
+                    "sync",
+                    State::Success,
+                    &format!("{done}: {summary}"),
+                )
+                .await;
+                self.drift_status(commit, &crate::plan::Plan::default())
+                    .await;
+                Ok("applied")
+            }
+            Err(err) => {
+                tracing::warn!(commit, error = %err, "rollout failed");
+                self.status(commit, "sync", State::Failure, &err.to_string())
+                    .await;
+                Ok("rollout-failed")
+            }
+        }
+    }
+
+    /// Posts a commit status of `kind` (`sync`, `drift`) when the source names its GitHub
+    /// repository.
+    async fn status(&self, sha: &str, kind: &str, state: State, description: &str) {
+        if let Some(github) = &self.config().github {
+            let status = Status::new(kind, &self.config().name, state, description);
+            self.context
+                .reporter
+                .status(&github.repo, sha, status)
+                .await;
+        }
+    }
+
+    /// The drift status on the deployed commit: the drifted objects, or in sync.
+    async fn drift_status(&self, commit: &str, plan: &crate::plan::Plan) {
+        let (state, description) = match report::drifted(plan) {
+            Some(drift) => (State::Failure, drift),
+            None => (
+                State::Success,
+                format!("the cluster matches {}", report::short(commit)),
+            ),
+        };
+        self.status(commit, "drift", state, &description).await;
     }
 
     /// Records that the cluster is at `commit`; `wrote` when this pass wrote it.
@@ -540,6 +768,7 @@ impl Worker {
         self.drift
             .report(&self.context, &self.handle, pass, commit)
             .await;
+        self.drift_status(commit, &pass.plan).await;
     }
 
     /// Compares the cluster with `commit` (the one applied last) and reports what differs;
@@ -549,8 +778,10 @@ impl Worker {
         let pass = reconcile::plan(&self.context.cluster, desired, self.options(commit)).await?;
         if pass.plan.has_changes() && self.config().self_heal.unwrap_or(false) {
             self.report_drift(&pass, commit).await;
-            self.apply(&pass, commit).await?;
-            return Ok("healed");
+            return match self.apply(&pass, commit).await? {
+                "applied" => Ok("healed"),
+                other => Ok(other),
+            };
         }
         self.report_drift(&pass, commit).await;
         Ok(if pass.plan.has_changes() {
@@ -559,4 +790,42 @@ impl Worker {
             "unchanged"
         })
     }
+}
+
+/// What is read for a pass: a commit of the tracked ref, or a pull request's head.
+enum Revision {
+    Commit(String),
+    PullRequest(u64),
+}
+
+/// The report of a pull request that could not be planned: the reason as its comment.
+fn failed_plan(
+    source: &str,
+    sha: &str,
+    reason: &str,
+    status: Status,
+) -> (Status, String, Vec<report::Annotation>) {
+    let comment = format!(
+        "### meshops plan: `{source}` at {}\n\n**Not planned:** {reason}\n",
+        report::short(sha)
+    );
+    (status, comment, Vec::new())
+}
+
+/// The sync status for a pass that failed: `failure` when the commit or the cluster refused
+/// it (invalid manifests, an apply error naming the object), `error` when something could
+/// not be reached.
+fn failed_sync(err: &SourceError) -> (State, String) {
+    let state = match err.category() {
+        "network" | "timeout" | "unreachable" | "io" | "internal" | "stopped" => State::Error,
+        _ => State::Failure,
+    };
+    let description = match err {
+        SourceError::Reconcile(e) => match e.as_ref() {
+            ReconcileError::Invalid(validation) => report::invalid(validation),
+            other => other.to_string(),
+        },
+        other => other.to_string(),
+    };
+    (state, description)
 }

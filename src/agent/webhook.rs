@@ -90,6 +90,66 @@ pub fn parse_push(body: &[u8]) -> Result<Push, WebhookError> {
     serde_json::from_slice(body).map_err(|e| WebhookError::BadPayload(e.to_string()))
 }
 
+/// The parts of a pull_request event the agent reads.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PullRequestEvent {
+    pub action: String,
+    pub number: u64,
+    pub pull_request: PullRequest,
+    pub repository: Repository,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct PullRequest {
+    pub head: Commit,
+    pub base: Branch,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Commit {
+    pub sha: String,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+pub struct Branch {
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+pub fn parse_pull_request(body: &[u8]) -> Result<PullRequestEvent, WebhookError> {
+    serde_json::from_slice(body).map_err(|e| WebhookError::BadPayload(e.to_string()))
+}
+
+/// Whether `event` asks for a plan by `source`: opened, pushed to or reopened, against the
+/// branch the source follows, in its repository. Closed pull requests are not planned.
+pub fn plans(event: &PullRequestEvent, source: &SourceConfig) -> bool {
+    let GitRef::Branch(branch) = source.git_ref() else {
+        return false;
+    };
+    matches!(event.action.as_str(), "opened" | "synchronize" | "reopened")
+        && event.pull_request.base.reference == branch
+        && same_repository(&event.repository, source)
+}
+
+/// Whether `repository` (from an event) is the one `source` follows: its `github.repo`, or
+/// its URL in any spelling.
+fn same_repository(repository: &Repository, source: &SourceConfig) -> bool {
+    let by_name = source
+        .github
+        .as_ref()
+        .is_some_and(|g| g.repo.eq_ignore_ascii_case(&repository.full_name));
+    let ours = repository_key(&source.url);
+    let by_url = [
+        &repository.clone_url,
+        &repository.ssh_url,
+        &repository.html_url,
+    ]
+    .into_iter()
+    .flatten()
+    .any(|url| repository_key(url) == ours);
+    by_name || by_url
+}
+
 /// `host/owner/name` of a git URL in any of its spellings (https, ssh://, scp-like `git@host:`,
 /// with or without `.git`, any case), so a push names a source however its URL was written.
 pub fn repository_key(url: &str) -> String {
@@ -115,23 +175,7 @@ pub fn moves(push: &Push, source: &SourceConfig) -> bool {
         GitRef::Tag(tag) => format!("refs/tags/{}", tag.tag),
         GitRef::Commit(_) => return false,
     };
-    if push.reference != tracked {
-        return false;
-    }
-    let by_name = source
-        .github
-        .as_ref()
-        .is_some_and(|g| g.repo.eq_ignore_ascii_case(&push.repository.full_name));
-    let ours = repository_key(&source.url);
-    let by_url = [
-        &push.repository.clone_url,
-        &push.repository.ssh_url,
-        &push.repository.html_url,
-    ]
-    .into_iter()
-    .flatten()
-    .any(|url| repository_key(url) == ours);
-    by_name || by_url
+    push.reference == tracked && same_repository(&push.repository, source)
 }
 
 /// The last deliveries seen (`X-GitHub-Delivery`), so a redelivery is not acted on twice.
@@ -252,6 +296,31 @@ mod tests {
             .as_bytes(),
         )
         .unwrap()
+    }
+
+    #[test]
+    fn pull_requests_against_the_tracked_branch_are_planned_while_open() {
+        let event = |action: &str, base: &str| {
+            parse_pull_request(
+                serde_json::json!({"action": action, "number": 7,
+                    "pull_request": {"head": {"sha": "abc"}, "base": {"ref": base}},
+                    "repository": {"full_name": "acme/functions",
+                                   "clone_url": "https://github.com/acme/functions.git"}})
+                .to_string()
+                .as_bytes(),
+            )
+            .unwrap()
+        };
+        let main = source("https://github.com/acme/functions", None, None);
+        for action in ["opened", "synchronize", "reopened"] {
+            assert!(plans(&event(action, "main"), &main), "{action}");
+        }
+        assert!(!plans(&event("closed", "main"), &main));
+        assert!(!plans(&event("labeled", "main"), &main));
+        assert!(!plans(&event("opened", "release"), &main));
+        let other = source("https://github.com/acme/other", None, None);
+        assert!(!plans(&event("opened", "main"), &other));
+        assert!(parse_pull_request(b"{}").is_err());
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub enum GithubError {
     },
 }
 
+/// (repository, commit, context) of a status.
+type StatusKey = (String, String, String);
+
 /// A GitHub API client for reports.
 pub struct GitHub {
     crab: Octocrab,
@@ -67,7 +70,7 @@ pub struct GitHub {
     /// Check runs need a GitHub App.
     app: bool,
     /// The last state posted per (repository, commit, context): not posted again.
-    posted: Mutex<HashMap<(String, String, String), (State, String)>>,
+    posted: Mutex<HashMap<StatusKey, (State, String)>>,
     /// Repositories that refused us (401/403/404), each logged once.
     refused: Mutex<HashSet<String>>,
 }
@@ -97,8 +100,7 @@ impl GitHub {
         let (crab, app) = match (&access.token_file, &access.token_env, &access.app) {
             (Some(file), None, None) => (builder.personal_token(read(file)?), false),
             (None, Some(var), None) => {
-                let token =
-                    std::env::var(var).map_err(|_| GithubError::MissingEnv(var.clone()))?;
+                let token = std::env::var(var).map_err(|_| GithubError::MissingEnv(var.clone()))?;
                 (builder.personal_token(token.trim().to_owned()), false)
             }
             (None, None, Some(app)) => {
@@ -149,7 +151,12 @@ impl GitHub {
 
     /// One request, retried on 5xx, 429 and an exhausted rate limit (waiting what
     /// `Retry-After` or `x-ratelimit-reset` says, else 1 s, 2 s, 4 s …); the JSON answer.
-    async fn send(&self, method: Method, path: &str, body: Option<&Value>) -> Result<Value, GithubError> {
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, GithubError> {
         let mut backoff = Duration::from_secs(1);
         let mut attempt = 1;
         loop {
@@ -211,10 +218,19 @@ impl GitHub {
     }
 
     /// Posts a commit status, unless the same state and description were posted last.
-    pub async fn post_status(&self, repo: &str, sha: &str, status: &Status) -> Result<(), GithubError> {
+    pub async fn post_status(
+        &self,
+        repo: &str,
+        sha: &str,
+        status: &Status,
+    ) -> Result<(), GithubError> {
         let key = (repo.to_owned(), sha.to_owned(), status.context.clone());
         let value = (status.state, status.description.clone());
-        if self.posted.lock().is_ok_and(|p| p.get(&key) == Some(&value)) {
+        if self
+            .posted
+            .lock()
+            .is_ok_and(|p| p.get(&key) == Some(&value))
+        {
             return Ok(());
         }
         let mut body = json!({
@@ -225,8 +241,12 @@ impl GitHub {
         if let Some(url) = &self.target_url {
             body["target_url"] = json!(url);
         }
-        self.send(Method::POST, &format!("/repos/{repo}/statuses/{sha}"), Some(&body))
-            .await?;
+        self.send(
+            Method::POST,
+            &format!("/repos/{repo}/statuses/{sha}"),
+            Some(&body),
+        )
+        .await?;
         if let Ok(mut posted) = self.posted.lock() {
             posted.insert(key, value);
         }
@@ -309,8 +329,10 @@ impl GitHub {
             .send(
                 Method::POST,
                 &format!("/repos/{repo}/check-runs"),
-                Some(&json!({"name": name, "head_sha": sha, "status": "completed",
-                             "conclusion": conclusion, "output": output(first)})),
+                Some(
+                    &json!({"name": name, "head_sha": sha, "status": "completed",
+                             "conclusion": conclusion, "output": output(first)}),
+                ),
             )
             .await?;
         let Some(id) = created["id"].as_u64() else {
@@ -377,7 +399,11 @@ fn part_of(source: &str, body: &str) -> Option<usize> {
 
 /// How long to wait before retrying an answer with `status`, or `None` when retrying cannot
 /// help.
-fn retry_wait(status: StatusCode, headers: &http::HeaderMap, backoff: Duration) -> Option<Duration> {
+fn retry_wait(
+    status: StatusCode,
+    headers: &http::HeaderMap,
+    backoff: Duration,
+) -> Option<Duration> {
     let header = |name: &str| {
         headers
             .get(name)
@@ -386,7 +412,9 @@ fn retry_wait(status: StatusCode, headers: &http::HeaderMap, backoff: Duration) 
     };
     let rate_limited = status == StatusCode::TOO_MANY_REQUESTS
         || (status == StatusCode::FORBIDDEN && header("x-ratelimit-remaining") == Some(0));
-    if let Some(seconds) = header("retry-after").filter(|_| rate_limited || status.is_server_error()) {
+    if let Some(seconds) =
+        header("retry-after").filter(|_| rate_limited || status.is_server_error())
+    {
         return Some(Duration::from_secs(seconds));
     }
     if rate_limited {
@@ -423,7 +451,10 @@ mod tests {
 
     #[test]
     fn the_marker_names_source_and_part() {
-        assert_eq!(part_of("prod", "<!-- meshops:plan:prod:2 -->\nbody"), Some(2));
+        assert_eq!(
+            part_of("prod", "<!-- meshops:plan:prod:2 -->\nbody"),
+            Some(2)
+        );
         assert_eq!(part_of("prod", "<!-- meshops:plan:production:1 -->"), None);
         assert_eq!(part_of("prod", "a comment by a person"), None);
     }
@@ -439,20 +470,42 @@ mod tests {
         };
         let second = Duration::from_secs(1);
         assert_eq!(
-            retry_wait(StatusCode::TOO_MANY_REQUESTS, &headers(&[("retry-after", "7".into())]), second),
+            retry_wait(
+                StatusCode::TOO_MANY_REQUESTS,
+                &headers(&[("retry-after", "7".into())]),
+                second
+            ),
             Some(Duration::from_secs(7))
         );
         let reset = (jiff::Timestamp::now().as_second() + 10).to_string();
         let wait = retry_wait(
             StatusCode::FORBIDDEN,
-            &headers(&[("x-ratelimit-remaining", "0".into()), ("x-ratelimit-reset", reset)]),
+            &headers(&[
+                ("x-ratelimit-remaining", "0".into()),
+                ("x-ratelimit-reset", reset),
+            ]),
             second,
         )
         .unwrap();
-        assert!(wait >= Duration::from_secs(9) && wait <= Duration::from_secs(12), "{wait:?}");
-        assert_eq!(retry_wait(StatusCode::BAD_GATEWAY, &headers(&[]), second), Some(second));
-        assert_eq!(retry_wait(StatusCode::FORBIDDEN, &headers(&[]), second), None);
-        assert_eq!(retry_wait(StatusCode::NOT_FOUND, &headers(&[]), second), None);
-        assert_eq!(retry_wait(StatusCode::UNAUTHORIZED, &headers(&[]), second), None);
+        assert!(
+            wait >= Duration::from_secs(9) && wait <= Duration::from_secs(12),
+            "{wait:?}"
+        );
+        assert_eq!(
+            retry_wait(StatusCode::BAD_GATEWAY, &headers(&[]), second),
+            Some(second)
+        );
+        assert_eq!(
+            retry_wait(StatusCode::FORBIDDEN, &headers(&[]), second),
+            None
+        );
+        assert_eq!(
+            retry_wait(StatusCode::NOT_FOUND, &headers(&[]), second),
+            None
+        );
+        assert_eq!(
+            retry_wait(StatusCode::UNAUTHORIZED, &headers(&[]), second),
+            None
+        );
     }
 }

@@ -181,7 +181,17 @@ pub async fn apply(
     now: &str,
     progress: &dyn Progress,
 ) -> Result<Applied, ReconcileError> {
-    let mut report = sync::execute_with(
+    let report = execute(cluster, pass, progress).await?;
+    settle(cluster, pass, report, wait, now).await
+}
+
+/// The writes of an apply (objects, prune, inventory), without the rollout.
+pub async fn execute(
+    cluster: &Cluster,
+    pass: &Pass,
+    progress: &dyn Progress,
+) -> Result<Report, ReconcileError> {
+    Ok(sync::execute_with(
         cluster,
         &pass.plan,
         &pass.desired,
@@ -189,7 +199,17 @@ pub async fn apply(
         &pass.options,
         progress,
     )
-    .await?;
+    .await?)
+}
+
+/// After [`execute`]: waits for the rollout when `wait` is given, then writes the CR status.
+pub async fn settle(
+    cluster: &Cluster,
+    pass: &Pass,
+    mut report: Report,
+    wait: Option<Duration>,
+    now: &str,
+) -> Result<Applied, ReconcileError> {
     let rollout = match wait {
         Some(timeout) => rollout::wait(cluster, &sync::rollouts(&pass.plan), timeout).await,
         None => Ok(()),
