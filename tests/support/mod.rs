@@ -8,6 +8,7 @@
 pub mod agent;
 pub mod control_plane;
 pub mod git_servers;
+pub mod github;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::convert::Infallible;

@@ -1,0 +1,296 @@
+//! The GitHub reporter against a local stand-in for the REST API (tests/support/github.rs):
+//! what it sends, where, with which credentials, and how it retries.
+
+mod support;
+
+use std::process::Command;
+
+use meshops::agent::report::{self, Annotation, PlanReport, State, Status};
+use meshops::github::{GitHub, GithubError};
+use meshops::model::agent::{GithubAccess, GithubApp};
+use support::github::FakeGithub;
+
+const REPO: &str = "acme/functions";
+const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+fn access(url: &str, token_file: &std::path::Path) -> GithubAccess {
+    GithubAccess {
+        api_url: Some(url.to_owned()),
+        token_file: Some(token_file.to_path_buf()),
+        token_env: None,
+        app: None,
+        target_url: Some("https://meshops.example.com/api/v1/sources".into()),
+    }
+}
+
+async fn token_client() -> (FakeGithub, GitHub, tempfile::TempDir) {
+    let fake = FakeGithub::default();
+    let url = fake.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "ghp_secret_token\n").unwrap();
+    let github = GitHub::connect(&access(&url, &token)).unwrap();
+    (fake, github, dir)
+}
+
+#[tokio::test]
+async fn statuses_go_to_the_commit_once_each() {
+    let (fake, github, _dir) = token_client().await;
+    let pending = Status::new(
+        "sync",
+        "prod",
+        State::Pending,
+        "applying: Plan: 1 to change",
+    );
+    let success = Status::new("sync", "prod", State::Success, "applied and rolled out");
+    github.post_status(REPO, SHA, &pending).await.unwrap();
+    github.post_status(REPO, SHA, &pending).await.unwrap();
+    github.post_status(REPO, SHA, &success).await.unwrap();
+    let requests = fake.requests();
+    assert_eq!(
+        requests.len(),
+        2,
+        "the repeated pending is not posted again"
+    );
+    assert_eq!(requests[0].path, format!("/repos/{REPO}/statuses/{SHA}"));
+    assert_eq!(requests[0].authorization, "Bearer ghp_secret_token");
+    assert_eq!(requests[0].body["state"], "pending");
+    assert_eq!(requests[0].body["context"], "meshops/sync/prod");
+    assert_eq!(
+        requests[0].body["target_url"],
+        "https://meshops.example.com/api/v1/sources"
+    );
+    assert_eq!(requests[1].body["state"], "success");
+    assert_eq!(requests[1].body["description"], "applied and rolled out");
+}
+
+#[tokio::test]
+async fn rate_limits_and_server_errors_are_retried_as_github_asks() {
+    let (fake, github, _dir) = token_client().await;
+    fake.fail_next(502, vec![]);
+    fake.fail_next(429, vec![("retry-after", "1".into())]);
+    let reset = (jiff::Timestamp::now().as_second() + 1).to_string();
+    fake.fail_next(
+        403,
+        vec![
+            ("x-ratelimit-remaining", "0".into()),
+            ("x-ratelimit-reset", reset),
+        ],
+    );
+    let status = Status::new("sync", "prod", State::Success, "applied");
+    github.post_status(REPO, SHA, &status).await.unwrap();
+    assert_eq!(fake.requests().len(), 4, "three refusals, then the status");
+    assert_eq!(fake.statuses().len(), 4);
+}
+
+#[tokio::test]
+async fn a_refusal_is_an_error_naming_the_request_without_the_token() {
+    let (fake, github, _dir) = token_client().await;
+    fake.fail_next(404, vec![]);
+    let status = Status::new("sync", "prod", State::Success, "applied");
+    let err = github.post_status(REPO, SHA, &status).await.unwrap_err();
+    assert!(matches!(err, GithubError::Refused { .. }), "{err}");
+    let text = format!("{err} {err:?}");
+    assert!(
+        text.contains(&format!("/repos/{REPO}/statuses/{SHA}")),
+        "{text}"
+    );
+    assert!(text.contains("404"), "{text}");
+    assert!(!text.contains("ghp_secret_token"), "{text}");
+    assert_eq!(fake.requests().len(), 1, "a 404 is not retried");
+}
+
+fn plan(comments: Vec<String>) -> PlanReport {
+    PlanReport {
+        source: "prod".into(),
+        pull_request: 7,
+        head_sha: SHA.into(),
+        status: Status::new("plan", "prod", State::Success, "Plan: 1 to change"),
+        comments,
+        annotations: Vec::new(),
+    }
+}
+
+#[tokio::test]
+async fn the_sticky_comment_is_created_once_then_edited_in_place() {
+    let (fake, github, _dir) = token_client().await;
+    fake.0
+        .lock()
+        .unwrap()
+        .comments
+        .insert(100, (7, "LGTM, says a person".into()));
+    let first = report::split("prod", "### plan one");
+    github.post_plan(REPO, &plan(first)).await.unwrap();
+    let second = report::split("prod", "### plan two");
+    github.post_plan(REPO, &plan(second)).await.unwrap();
+    let comments = fake.comments(7);
+    assert_eq!(comments.len(), 2, "{comments:?}");
+    assert!(comments.contains(&"LGTM, says a person".to_owned()));
+    let ours: Vec<&String> = comments.iter().filter(|c| c.contains("### plan")).collect();
+    assert_eq!(ours.len(), 1, "{comments:?}");
+    assert!(ours[0].ends_with("### plan two"), "{comments:?}");
+    assert!(ours[0].starts_with(&report::marker("prod", 1)));
+    let methods: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/issues/"))
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(methods, ["GET", "POST", "GET", "PATCH"]);
+    let plans: Vec<_> = fake
+        .statuses()
+        .into_iter()
+        .filter(|s| s.1 == "meshops/plan/prod")
+        .collect();
+    assert_eq!(plans.len(), 1, "the same plan status is not posted twice");
+    // Another source's comment on the same pull request is its own.
+    let mut other = plan(report::split("staging", "### staging plan"));
+    other.source = "staging".into();
+    github.post_plan(REPO, &other).await.unwrap();
+    assert_eq!(fake.comments(7).len(), 3);
+}
+
+#[tokio::test]
+async fn a_long_plan_is_split_and_a_shorter_one_drops_the_surplus_part() {
+    let (fake, github, _dir) = token_client().await;
+    let long: String = (0..3000)
+        .map(|i| format!("- line {i} {}\n", "x".repeat(40)))
+        .collect();
+    let parts = report::split("prod", &long);
+    assert!(parts.len() >= 2);
+    github.post_plan(REPO, &plan(parts.clone())).await.unwrap();
+    let comments = fake.comments(7);
+    assert_eq!(comments.len(), parts.len());
+    assert!(comments.iter().all(|c| c.len() <= report::COMMENT_CHARS));
+    github
+        .post_plan(REPO, &plan(report::split("prod", "short now")))
+        .await
+        .unwrap();
+    let comments = fake.comments(7);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0].ends_with("short now"));
+}
+
+/// An RSA key pair made with the openssl command line: (private PEM, public PEM).
+fn rsa_pair(dir: &std::path::Path) -> (std::path::PathBuf, String) {
+    let private = dir.join("app.pem");
+    let status = Command::new("openssl")
+        .args(["genrsa", "-traditional", "-out"])
+        .arg(&private)
+        .arg("2048")
+        .output()
+        .unwrap();
+    assert!(status.status.success(), "{status:?}");
+    let public = Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&private)
+        .output()
+        .unwrap();
+    (private, String::from_utf8(public.stdout).unwrap())
+}
+
+async fn app_client(lifetime: i64) -> (FakeGithub, GitHub, tempfile::TempDir) {
+    let fake = FakeGithub::default();
+    let url = fake.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = rsa_pair(dir.path());
+    {
+        let mut inner = fake.0.lock().unwrap();
+        inner.app = Some((public, 123));
+        inner.token_lifetime = lifetime;
+    }
+    let github = GitHub::connect(&GithubAccess {
+        api_url: Some(url),
+        token_file: None,
+        token_env: None,
+        app: Some(GithubApp {
+            app_id: 123,
+            installation_id: 456,
+            private_key_file: private,
+        }),
+        target_url: None,
+    })
+    .unwrap();
+    (fake, github, dir)
+}
+
+#[tokio::test]
+async fn an_app_exchanges_its_jwt_for_an_installation_token_and_refreshes_it() {
+    let (fake, github, _dir) = app_client(3600).await;
+    for state in [State::Pending, State::Success] {
+        let status = Status::new("sync", "prod", state, "x");
+        github.post_status(REPO, SHA, &status).await.unwrap();
+    }
+    let requests = fake.requests();
+    assert_eq!(requests[0].path, "/app/installations/456/access_tokens");
+    assert!(requests[0].authorization.starts_with("Bearer ey"), "a JWT");
+    assert_eq!(requests[1].authorization, "Bearer installation-456-1");
+    assert_eq!(requests[2].authorization, "Bearer installation-456-1");
+    assert_eq!(
+        fake.0.lock().unwrap().tokens_issued,
+        1,
+        "a live token is reused"
+    );
+
+    // Tokens about to expire are replaced before use.
+    let (fake, github, _dir) = app_client(5).await;
+    for state in [State::Pending, State::Success] {
+        let status = Status::new("sync", "prod", state, "x");
+        github.post_status(REPO, SHA, &status).await.unwrap();
+    }
+    assert_eq!(fake.0.lock().unwrap().tokens_issued, 2);
+    let auth: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/statuses/"))
+        .map(|r| r.authorization.clone())
+        .collect();
+    assert_eq!(
+        auth,
+        ["Bearer installation-456-1", "Bearer installation-456-2"]
+    );
+}
+
+#[tokio::test]
+async fn an_app_posts_a_check_run_with_every_annotation() {
+    let (fake, github, _dir) = app_client(3600).await;
+    let mut report = plan(report::split("prod", "### invalid"));
+    report.status = Status::new(
+        "plan",
+        "prod",
+        State::Failure,
+        "invalid manifests: 120 errors",
+    );
+    report.annotations = (1..=120)
+        .map(|line| Annotation {
+            path: "deploy/fn.yaml".into(),
+            line,
+            title: "schema".into(),
+            message: format!("problem {line}"),
+        })
+        .collect();
+    github.post_plan(REPO, &report).await.unwrap();
+    let runs: Vec<_> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.contains("/check-runs"))
+        .collect();
+    assert_eq!(runs.len(), 3, "50 annotations per request");
+    assert_eq!(runs[0].method, "POST");
+    assert_eq!(runs[0].body["name"], "meshops plan (prod)");
+    assert_eq!(runs[0].body["head_sha"], SHA);
+    assert_eq!(runs[0].body["conclusion"], "failure");
+    let first = &runs[0].body["output"]["annotations"];
+    assert_eq!(first.as_array().unwrap().len(), 50);
+    assert_eq!(first[0]["path"], "deploy/fn.yaml");
+    assert_eq!(first[0]["start_line"], 1);
+    assert_eq!(first[0]["annotation_level"], "failure");
+    assert_eq!(runs[1].method, "PATCH");
+    assert_eq!(
+        runs[2].body["output"]["annotations"]
+            .as_array()
+            .unwrap()
+            .len(),
+        20
+    );
+}
