@@ -1244,7 +1244,7 @@ fn the_chart_lints_and_renders() {
     let failing = alert(rule, "MeshopsSyncFailing");
     assert_eq!(failing.len(), 1);
     assert!(failing[0]["expr"].as_str().unwrap().contains(
-        r#"increase(meshops_reconcile_total{job="meshops", result!~"applied|unchanged|drifted|healed"}[15m])"#
+        r#"increase(meshops_reconcile_total{job="meshops", result!~"applied|unchanged|drifted|healed|stopped"}[15m])"#
     ));
     let drift = alert(rule, "MeshopsDrift");
     assert_eq!(drift.len(), 1);
@@ -1267,6 +1267,11 @@ fn the_chart_lints_and_renders() {
         )), "{expr}");
         assert!(expr.contains(&format!(
             r#"increase(meshops_reconcile_total{{job="meshops", source="{source}", result=~"applied|unchanged|drifted|healed"}}[{seconds}s])"#
+        )), "{expr}");
+        assert!(expr.contains(&format!(
+            r#"or
+    0 * max by (namespace, source) (meshops_last_applied_timestamp_seconds{{job="meshops", source="{source}"}})
+  ) == 0"#
         )), "{expr}");
         assert_eq!(rule["labels"]["severity"], "critical");
     }
