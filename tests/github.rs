@@ -294,3 +294,107 @@ async fn an_app_posts_a_check_run_with_every_annotation() {
         20
     );
 }
+
+fn meshops(args: &[&str], api: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_meshops"))
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("GITHUB_TOKEN", "ghp_ci_token")
+        .env("GITHUB_API_URL", api)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_posts_its_comment_and_status_on_a_pull_request_from_ci() {
+    let cluster = support::FakeApiServer::new(&["default", "staging"], true);
+    let kube = cluster.listen().await;
+    let fake = FakeGithub::default();
+    let api = fake.start().await;
+    fake.0.lock().unwrap().pull_heads.insert(42, SHA.into());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::FakeApiServer::kubeconfig(&kube, dir.path());
+    let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
+    let invalid = dir.path().join("invalid");
+    std::fs::create_dir(&invalid).unwrap();
+    std::fs::write(
+        invalid.join("fn.yaml"),
+        "apiVersion: compute.functionmesh.io/v1alpha1\nkind: Function\nmetadata: {name: f}\nspec:\n  replicaz: 2\n",
+    )
+    .unwrap();
+    let invalid = invalid.to_str().unwrap().to_owned();
+    let fake2 = fake.clone();
+    tokio::task::spawn_blocking(move || {
+        let fake = fake2;
+        let target = format!("{REPO}#42");
+        let out = meshops(
+            &[
+                "plan",
+                "examples/staging",
+                "--source",
+                "staging",
+                "--github-comment",
+                &target,
+                "--kubeconfig",
+                &kubeconfig,
+            ],
+            &api,
+        );
+        assert_eq!(out.status.code(), Some(0), "{out:?}");
+        let comments = fake.comments(42);
+        assert_eq!(comments.len(), 1);
+        assert!(
+            comments[0].starts_with(&report::marker("staging", 1)),
+            "{}",
+            comments[0]
+        );
+        assert!(comments[0].contains("| StatefulSet |"), "{}", comments[0]);
+        assert!(
+            comments[0].contains("Plan: 25 to create"),
+            "{}",
+            comments[0]
+        );
+        let statuses = fake.statuses();
+        assert_eq!(statuses.len(), 1);
+        assert_eq!(statuses[0].0, SHA);
+        assert_eq!(statuses[0].1, "meshops/plan/staging");
+        assert_eq!(statuses[0].2, "success");
+        assert!(fake
+            .requests()
+            .iter()
+            .all(|r| r.authorization == "Bearer ghp_ci_token"));
+
+        // Invalid manifests: the errors are the comment, the status fails, exit 1.
+        let out = meshops(
+            &[
+                "plan",
+                &invalid,
+                "--source",
+                "staging",
+                "--github-comment",
+                &target,
+                "--kubeconfig",
+                &kubeconfig,
+            ],
+            &api,
+        );
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let comments = fake.comments(42);
+        assert_eq!(comments.len(), 1, "edited in place");
+        assert!(comments[0].contains("fn.yaml:5:3"), "{}", comments[0]);
+        assert!(comments[0].contains("replicaz"), "{}", comments[0]);
+        let last = fake.statuses().pop().unwrap();
+        assert_eq!(last.2, "failure");
+        assert!(last.3.starts_with("invalid manifests: 3 errors; first "), "{}", last.3);
+        assert!(last.3.contains("fn.yaml:4:1"), "{}", last.3);
+
+        let out = meshops(
+            &["plan", "examples/staging", "--github-comment", "acme-42"],
+            &api,
+        );
+        assert_eq!(out.status.code(), Some(2));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("OWNER/REPO#NUMBER"));
+    })
+    .await
+    .unwrap();
+}

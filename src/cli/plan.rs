@@ -22,7 +22,8 @@ manifests, 2 changes with --detailed-exitcode (as terraform).
 
 Examples:
   meshops plan examples/prod --context prod
-  meshops plan -o markdown --detailed-exitcode . > plan.md";
+  meshops plan -o markdown --detailed-exitcode . > plan.md
+  GITHUB_TOKEN=… meshops plan clusters/prod --github-comment acme/functions#42";
 
 pub const APPLY_AFTER_HELP: &str = "\
 Applies with server-side apply (field manager `meshops`, force) in order: ServiceAccounts,
@@ -86,6 +87,12 @@ pub struct PlanArgs {
     /// Exit 2 when there are changes.
     #[arg(long)]
     pub detailed_exitcode: bool,
+
+    /// Also post the plan on a pull request, as the agent does: one sticky comment per
+    /// source (edited in place) and the `meshops/plan/<source>` status on its head commit.
+    /// Token from $GITHUB_TOKEN, API from $GITHUB_API_URL (default https://api.github.com).
+    #[arg(long, value_name = "OWNER/REPO#N")]
+    pub github_comment: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -193,7 +200,69 @@ fn cost(cluster: &Cluster) -> String {
     )
 }
 
+/// `OWNER/REPO#N` → (`OWNER/REPO`, N).
+fn pull_request(text: &str) -> anyhow::Result<(String, u64)> {
+    let parsed = text.split_once('#').and_then(|(repo, number)| {
+        let valid = repo.split('/').filter(|p| !p.is_empty()).count() == 2;
+        Some((repo.to_owned(), number.parse().ok()?)).filter(|_| valid)
+    });
+    parsed.ok_or_else(|| anyhow::anyhow!("--github-comment takes OWNER/REPO#NUMBER, not {text:?}"))
+}
+
+/// Posts the plan (or the validation errors) of `source` on pull request `target`.
+async fn comment_on_github(
+    target: &str,
+    source: &str,
+    outcome: Result<(&plan::Plan, &str), &crate::validate::Validation>,
+) -> anyhow::Result<()> {
+    use crate::agent::report::{self, PlanReport, State, Status};
+    let (repo, number) = pull_request(target)?;
+    let token = std::env::var("GITHUB_TOKEN").context("--github-comment needs $GITHUB_TOKEN")?;
+    let api = std::env::var("GITHUB_API_URL")
+        .unwrap_or_else(|_| crate::github::DEFAULT_API_URL.to_owned());
+    let github = crate::github::GitHub::with_token(&api, token)?;
+    let sha = github.pull_head(&repo, number).await?;
+    let status = |state, description: &str| Status::new("plan", source, state, description);
+    let (status, comment, annotations) = match outcome {
+        Ok((plan, details)) => (
+            status(State::Success, &plan.summary()),
+            report::plan_comment(source, &sha, plan, details),
+            Vec::new(),
+        ),
+        Err(validation) => (
+            status(State::Failure, &report::invalid(validation)),
+            report::invalid_comment(source, &sha, validation),
+            report::annotations(validation),
+        ),
+    };
+    let plan = PlanReport {
+        comments: report::split(source, &comment),
+        source: source.to_owned(),
+        pull_request: number,
+        head_sha: sha,
+        status,
+        annotations,
+    };
+    github.post_plan(&repo, &plan).await?;
+    eprintln!("posted the plan on {repo}#{number}");
+    Ok(())
+}
+
 pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
+    if let Some(target) = &args.github_comment {
+        pull_request(target)?;
+        let source = args
+            .cluster
+            .source
+            .clone()
+            .unwrap_or_else(|| source_name(&args.cluster.load));
+        let tree = args.cluster.load.load();
+        if let Err(validation) = reconcile::validated(&tree, args.cluster.mode.map(Into::into)) {
+            super::render::print_diagnostics(&validation);
+            runtime()?.block_on(comment_on_github(target, &source, Err(&validation)))?;
+            return Ok(exit::INVALID);
+        }
+    }
     cluster_command(async {
         let choices = ApplyChoices {
             prune: true,
@@ -214,6 +283,11 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
         };
         std::io::stdout().lock().write_all(text.as_bytes())?;
         eprintln!("{}", cost(&p.cluster));
+        if let Some(target) = &args.github_comment {
+            let details = plan::markdown(&p.pass.plan, &diffs);
+            let plan = (&p.pass.plan, details.as_str());
+            comment_on_github(target, &p.pass.options.source, Ok(plan)).await?;
+        }
         Ok(if args.detailed_exitcode && p.pass.plan.has_changes() {
             exit::CHANGES
         } else {
