@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use meshops::agent::webhook;
 use support::agent::{push_event, AgentProcess, GitRepo};
+use support::github::FakeGithub;
 use support::FakeApiServer;
 
 const SECRET: &str = "a webhook secret";
@@ -104,6 +105,11 @@ struct Running {
 /// Starts an agent as [`Running`] describes and runs `check` on a blocking thread (the
 /// agent's client is blocking).
 async fn with_agent(extra: &str, check: impl FnOnce(Running) + Send + 'static) {
+    with_agent_and(extra, "", check).await
+}
+
+/// [`with_agent`] with `top` lines added to the AgentConfig itself.
+async fn with_agent_and(extra: &str, top: &str, check: impl FnOnce(Running) + Send + 'static) {
     let server = FakeApiServer::new(&["default", "staging"], true);
     let url = server.listen().await;
     let dir = tempfile::tempdir().unwrap();
@@ -116,7 +122,7 @@ async fn with_agent(extra: &str, check: impl FnOnce(Running) + Send + 'static) {
         &config,
         format!(
             "{HEADER}stateDir: {state}\nwebhook: {{secretFile: {secret}}}\n\
-             leaderElection: {{enabled: false}}\n\
+             leaderElection: {{enabled: false}}\n{top}\
              sources:\n- name: staging\n  url: {url}\n  path: deploy\n  interval: 1h\n  \
              rolloutTimeout: 0s\n{extra}",
             state = dir.path().join("state").display(),
@@ -392,4 +398,126 @@ fn an_unknown_context_is_named() {
     assert_eq!(out.status.code(), Some(1));
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("nope"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_reports_syncs_drift_and_pull_request_plans_to_github() {
+    let github = FakeGithub::default();
+    let api = github.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("github-token");
+    std::fs::write(&token, "ghp_agent_token").unwrap();
+    let top = format!(
+        "github: {{apiUrl: \"{api}\", tokenFile: {}}}\n",
+        token.display()
+    );
+    let extra = "  github: {repo: acme/functions}\n  driftInterval: 1s\n";
+    let fake = github.clone();
+    with_agent_and(extra, &top, move |running| {
+        let Running {
+            server,
+            repo,
+            first,
+            agent,
+            ..
+        } = running;
+        let github = fake;
+        agent.wait_applied("staging", &first);
+        let on = |sha: &str, context: &str| -> Vec<(String, String)> {
+            github
+                .statuses()
+                .into_iter()
+                .filter(|s| s.0 == sha && s.1 == context)
+                .map(|s| (s.2, s.3))
+                .collect()
+        };
+        agent.wait_for("the sync status", Duration::from_secs(10), |_| {
+            on(&first, "meshops/sync/staging").len() >= 2
+        });
+        let sync = on(&first, "meshops/sync/staging");
+        assert_eq!(sync[0].0, "pending");
+        assert!(
+            sync[0].1.starts_with("applying: Plan: 25 to create"),
+            "{sync:?}"
+        );
+        assert_eq!(sync[1].0, "success");
+        assert!(
+            sync[1].1.starts_with("applied: Plan: 25 to create"),
+            "{sync:?}"
+        );
+        assert!(github
+            .requests()
+            .iter()
+            .all(|r| r.authorization == "Bearer ghp_agent_token"));
+
+        // A pull request against main: planned against the cluster, commented, never applied.
+        repo.git(&["checkout", "-q", "-b", "feature"]);
+        repo.edit("deploy/notifier.yaml", "notifier:1.1.0", "notifier:1.3.0");
+        let head = repo.commit("notifier 1.3.0");
+        repo.git(&["update-ref", "refs/pull/7/head", &head]);
+        repo.git(&["checkout", "-q", "main"]);
+        let event = serde_json::json!({"action": "opened", "number": 7,
+            "pull_request": {"head": {"sha": head}, "base": {"ref": "main"}},
+            "repository": {"full_name": "acme/functions"}})
+        .to_string();
+        let answer = agent.post(
+            "/webhooks/github",
+            &[
+                ("X-GitHub-Event", "pull_request"),
+                ("X-GitHub-Delivery", "pr-1"),
+                ("X-Hub-Signature-256", &signed(event.as_bytes())),
+            ],
+            event.as_bytes(),
+        );
+        assert_eq!(answer.status, 202, "{}", answer.body);
+        assert_eq!(answer.json()["planning"], serde_json::json!(["staging"]));
+        agent.wait_for("the plan comment", Duration::from_secs(20), |_| {
+            !github.comments(7).is_empty()
+        });
+        let comment = &github.comments(7)[0];
+        assert!(
+            comment.starts_with("<!-- meshops:plan:staging:1 -->"),
+            "{comment}"
+        );
+        assert!(
+            comment.contains("Plan: 0 to create, 2 to change"),
+            "{comment}"
+        );
+        assert!(
+            comment.contains("+        image: registry.example.com/iot/notifier:1.3.0"),
+            "{comment}"
+        );
+        let plan = on(&head, "meshops/plan/staging");
+        assert_eq!(plan[0].0, "success", "{plan:?}");
+        assert_eq!(
+            server.find("Function", "notifier").unwrap()["spec"]["image"],
+            "registry.example.com/iot/notifier:1.1.0",
+            "a plan applies nothing"
+        );
+
+        // A foreign edit: the deployed commit's drift status fails, naming it.
+        server.edit(
+            "StatefulSet",
+            "notifier-function",
+            "/spec/template/spec/containers/0/image",
+            serde_json::json!("hotfix"),
+            "f:spec",
+        );
+        agent.wait_for("the drift status", Duration::from_secs(20), |_| {
+            on(&first, "meshops/drift/staging")
+                .iter()
+                .any(|(state, _)| state == "failure")
+        });
+        let drift = on(&first, "meshops/drift/staging");
+        let failure = drift.iter().find(|(state, _)| state == "failure").unwrap();
+        assert!(
+            failure
+                .1
+                .starts_with("1 object drifted: StatefulSet staging/notifier-function"),
+            "{drift:?}"
+        );
+        assert!(failure.1.contains("by kubectl-edit"), "{drift:?}");
+        assert!(agent.terminate().success());
+    })
+    .await;
 }
