@@ -31,8 +31,12 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The loud line of a test that could not run, written past the test harness's capture so a
+/// plain `cargo test` shows it.
 fn skipped(what: &str, missing: &str) {
-    eprintln!(
+    use std::io::Write;
+    let _ = writeln!(
+        std::io::stderr(),
         "\n=====================================================================\n\
          skipped: {what}: {missing}\n\
          (pip install helm-python-sdk; control plane binaries: see docs/DEVELOPERS.md)\n\
@@ -1453,6 +1457,15 @@ fn the_chart_lints_and_renders() {
             "namespaced RBAC without namespaces",
             json!({"rbac": {"scope": "namespaces"}, "sources": [{"name": "prod", "url": "https://x/y.git"}]}),
             "rbac.scope: namespaces needs",
+        ),
+        (
+            "one ReadWriteOnce claim for two replicas",
+            with(
+                minimal(),
+                "/stateDir",
+                json!({"persistence": {"enabled": true}}),
+            ),
+            "it needs accessModes [ReadWriteMany]",
         ),
         (
             "no ServiceAccount to use",

@@ -19,7 +19,7 @@ import sys
 try:
     import helm_python as helm
 except ImportError as missing:
-    print(f"helm-python-sdk is not installed ({missing}); pip install helm-python-sdk", file=sys.stderr)
+    print(f"helm-python-sdk is not installed ({missing})", file=sys.stderr)
     sys.exit(3)
 
 

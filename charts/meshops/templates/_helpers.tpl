@@ -174,6 +174,11 @@ pods of a rollout it follows.
 {{- if and (not .Values.leaderElection.enabled) (gt (int .Values.replicaCount) 1) -}}
 {{- fail "leaderElection.enabled: false needs replicaCount: 1, or several replicas would apply at once" -}}
 {{- end -}}
+{{- with .Values.stateDir.persistence -}}
+{{- if and .enabled (not .existingClaim) (gt (int $.Values.replicaCount) 1) (not (has "ReadWriteMany" .accessModes)) -}}
+{{- fail "stateDir.persistence: every replica mounts the claim; with replicaCount > 1 it needs accessModes [ReadWriteMany] (or keep the default emptyDir: the state dir is a cache)" -}}
+{{- end -}}
+{{- end -}}
 {{- if and .Values.github.token.secretName .Values.github.app.privateKey.secretName -}}
 {{- fail "github: set either token.secretName or app.privateKey.secretName, not both" -}}
 {{- end -}}
