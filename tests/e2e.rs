@@ -894,6 +894,9 @@ fn e2e_agent_follows_a_repository() {
 
     let secret = "e2e webhook secret";
     std::fs::write(work.path().join("secret"), secret).unwrap();
+    let github = support::github::FakeGithub::default();
+    let github_api = rt.block_on(github.start());
+    std::fs::write(work.path().join("github-token"), "ghp_e2e").unwrap();
     let config = work.path().join("agent.yaml");
     std::fs::write(
         &config,
@@ -901,10 +904,13 @@ fn e2e_agent_follows_a_repository() {
             "apiVersion: meshops.io/v1alpha1\nkind: AgentConfig\nstateDir: {state}\n\
              webhook: {{secretFile: {secret}}}\n\
              leaderElection: {{namespace: default, leaseName: {lease}, leaseDuration: 4s}}\n\
+             github: {{apiUrl: \"{github_api}\", tokenFile: {token}}}\n\
              sources:\n- name: {prefix}e2e\n  url: {url}\n  path: deploy\n  interval: 1h\n  \
-             driftInterval: 2s\n  rolloutTimeout: 1s\n  namespaces: [{namespace}, default]\n",
+             driftInterval: 2s\n  rolloutTimeout: 1s\n  namespaces: [{namespace}, default]\n  \
+             github: {{repo: acme/functions}}\n",
             state = work.path().join("state").display(),
             secret = work.path().join("secret").display(),
+            token = work.path().join("github-token").display(),
             url = repo.url(),
         ),
     )
@@ -973,6 +979,42 @@ fn e2e_agent_follows_a_repository() {
         latency.as_secs_f64()
     ));
 
+    // Its sync status: pending while applying and rolling out, then a failure naming the
+    // StatefulSet that did not roll out (an API server alone runs no pods).
+    let sync_context = format!("meshops/sync/{source}");
+    let statuses_on = |sha: &str, context: &str| -> Vec<(String, String)> {
+        github
+            .statuses()
+            .into_iter()
+            .filter(|s| s.0 == sha && s.1 == context)
+            .map(|s| (s.2, s.3))
+            .collect()
+    };
+    agent.wait_for("the sync status", Duration::from_secs(20), |_| {
+        statuses_on(&second, &sync_context).len() >= 3
+    });
+    let sync = statuses_on(&second, &sync_context);
+    assert_eq!(sync[0].0, "pending", "{sync:?}");
+    assert!(
+        sync[0]
+            .1
+            .starts_with("applying: Plan: 0 to create, 2 to change"),
+        "{sync:?}"
+    );
+    assert_eq!(
+        sync[1],
+        (
+            "pending".into(),
+            "applied; rolling out 1 StatefulSet(s)".into()
+        )
+    );
+    assert_eq!(sync[2].0, "failure", "{sync:?}");
+    assert!(
+        sync[2].1.contains("not rolled out after 1s") && sync[2].1.contains("notifier-function"),
+        "{sync:?}"
+    );
+    steps.done("sync status on the pushed commit: pending → pending (rolling out) → failure naming the StatefulSet");
+
     // A file deleted: its Function and workloads pruned.
     repo.remove("deploy/anomaly-scorer.yaml");
     let third = repo.commit("drop the anomaly scorer");
@@ -981,6 +1023,47 @@ fn e2e_agent_follows_a_repository() {
     assert!(get("Function", "anomaly-scorer").is_none());
     assert!(get("StatefulSet", "anomaly-scorer-function").is_none());
     steps.done("deleted file → Function and StatefulSet pruned");
+
+    // A pull request: planned against the real API server, commented, nothing applied.
+    repo.git(&["checkout", "-q", "-b", "feature"]);
+    repo.edit("deploy/notifier.yaml", "  replicas: 1", "  replicas: 3");
+    let pr_head = repo.commit("three notifier replicas");
+    repo.git(&["update-ref", "refs/pull/9/head", &pr_head]);
+    repo.git(&["checkout", "-q", "main"]);
+    let event = json!({"action": "synchronize", "number": 9,
+        "pull_request": {"head": {"sha": pr_head}, "base": {"ref": "main"}},
+        "repository": {"full_name": "acme/functions"}})
+    .to_string();
+    let signature = meshops::agent::webhook::sign(secret.as_bytes(), event.as_bytes());
+    let answer = agent.post(
+        "/webhooks/github",
+        &[
+            ("X-GitHub-Event", "pull_request"),
+            ("X-GitHub-Delivery", "e2e-pr"),
+            ("X-Hub-Signature-256", &signature),
+        ],
+        event.as_bytes(),
+    );
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    agent.wait_for("the plan comment", Duration::from_secs(30), |_| {
+        !github.comments(9).is_empty()
+    });
+    let comment = github.comments(9).remove(0);
+    assert!(
+        comment.contains("| Function | 0 | 1 | 0 | 0 |"),
+        "{comment}"
+    );
+    assert!(comment.contains("replicas: 3"), "{comment}");
+    assert_eq!(
+        statuses_on(&pr_head, &format!("meshops/plan/{source}"))[0].0,
+        "success"
+    );
+    assert_eq!(
+        get("Function", "notifier").unwrap()["spec"]["replicas"],
+        1,
+        "nothing applied"
+    );
+    steps.done("pull request webhook → plan comment with the diff against the real API server, nothing applied");
 
     // An invalid commit: nothing applied, the error in the sources API.
     repo.edit("deploy/notifier.yaml", "  replicas: 1", "  replicaz: 3");
@@ -1043,7 +1126,19 @@ fn e2e_agent_follows_a_repository() {
         "registry.example.com/iot/notifier:hotfix",
         "selfHeal is off: reported, not reverted"
     );
-    steps.done("foreign edit → DriftDetected Event naming kubectl-edit, gauge 1, Synced=False");
+    let drift_context = format!("meshops/drift/{source}");
+    agent.wait_for("the drift status", Duration::from_secs(20), |_| {
+        statuses_on(&third, &drift_context)
+            .iter()
+            .any(|(state, _)| state == "failure")
+    });
+    let drift = statuses_on(&third, &drift_context);
+    assert!(
+        drift.iter().any(|(state, d)| state == "failure"
+            && d.contains("notifier-function image by kubectl-edit")),
+        "{drift:?}"
+    );
+    steps.done("foreign edit → DriftDetected Event naming kubectl-edit, gauge 1, Synced=False, drift status failure");
 
     // The typo fixed: applied, drift gone, gauge back to zero.
     repo.edit("deploy/notifier.yaml", "  replicaz: 3", "  replicas: 1");
@@ -1058,8 +1153,10 @@ fn e2e_agent_follows_a_repository() {
             [0]["image"],
         "registry.example.com/iot/notifier:1.2.0"
     );
-    let synced = &get("Function", "notifier").unwrap()["status"]["conditions"][0];
-    assert_eq!(synced["status"], "True", "{synced}");
+    // The status is written once the rollout wait (1 s here) is over.
+    agent.wait_for("Synced=True", Duration::from_secs(20), |_| {
+        get("Function", "notifier").unwrap()["status"]["conditions"][0]["status"] == "True"
+    });
     steps.done("fixed commit applied: drift reverted, gauge 0, Synced=True");
 
     // A restart writes nothing.
