@@ -385,7 +385,11 @@ async fn plan_posts_its_comment_and_status_on_a_pull_request_from_ci() {
         assert!(comments[0].contains("replicaz"), "{}", comments[0]);
         let last = fake.statuses().pop().unwrap();
         assert_eq!(last.2, "failure");
-        assert!(last.3.starts_with("invalid manifests: 3 errors; first "), "{}", last.3);
+        assert!(
+            last.3.starts_with("invalid manifests: 3 errors; first "),
+            "{}",
+            last.3
+        );
         assert!(last.3.contains("fn.yaml:4:1"), "{}", last.3);
 
         let out = meshops(

@@ -567,10 +567,7 @@ impl Worker {
         let config = self.config();
         SyncOptions {
             source: config.name.clone(),
-            inventory_namespace: config
-                .inventory_namespace
-                .clone()
-                .unwrap_or_else(|| "default".into()),
+            inventory_namespace: config.inventory_namespace(),
             prune: config.prune.unwrap_or(true),
             allow_empty: false,
             revision: commit.to_owned(),

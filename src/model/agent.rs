@@ -119,7 +119,8 @@ pub struct SourceConfig {
     pub drift_interval: Option<String>,
     /// Overrides the mode in the source's meshops.yaml.
     pub mode: Option<Mode>,
-    /// Namespace of the inventory ConfigMap (default `default`).
+    /// Namespace of the inventory ConfigMap (default: the first of `namespaces`, else
+    /// `default`).
     pub inventory_namespace: Option<String>,
     /// How long one git network operation may take (default 1m).
     #[schemars(regex(pattern = DURATION_PATTERN))]
@@ -217,6 +218,15 @@ impl SourceConfig {
             .as_deref()
             .and_then(duration)
             .unwrap_or(Duration::from_secs(60))
+    }
+
+    /// Where the inventory lives: as configured, else the first namespace the source may
+    /// write to, else `default` — so an allow-list never refuses the source's own inventory.
+    pub fn inventory_namespace(&self) -> String {
+        self.inventory_namespace
+            .clone()
+            .or_else(|| self.namespaces.as_ref()?.first().cloned())
+            .unwrap_or_else(|| "default".into())
     }
 
     /// `None`: apply without following the rollout.
