@@ -1,7 +1,7 @@
 //! Rendering: the operator's worked example field for field (reference §2.18), determinism,
 //! identity, operator mode, and snapshots of the bundled examples.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod common;
 
@@ -253,7 +253,11 @@ fn output_is_byte_identical_whatever_the_file_order() {
     assert_eq!(first, to_yaml(&render_path(&root().join("examples"), None)));
     // The same manifests under other file names and directories, in reverse order.
     let dir = tempfile::tempdir().unwrap();
-    let mut files: Vec<_> = walk(&root().join("examples"));
+    // The manifests the loader reads there (examples/agent.yaml is in its .meshopsignore).
+    let mut files: Vec<PathBuf> = meshops::load::walk(&root().join("examples"))
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
     files.sort();
     for (i, file) in files.iter().rev().enumerate() {
         let name = file.file_name().unwrap().to_str().unwrap();
@@ -268,18 +272,6 @@ fn output_is_byte_identical_whatever_the_file_order() {
     assert_eq!(first, to_yaml(&render_path(dir.path(), None)));
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            out.extend(walk(&path));
-        } else {
-            out.push(path);
-        }
-    }
-    out
-}
 
 #[test]
 fn operator_mode_renders_only_the_crs_and_plain_objects() {
