@@ -272,7 +272,6 @@ fn output_is_byte_identical_whatever_the_file_order() {
     assert_eq!(first, to_yaml(&render_path(dir.path(), None)));
 }
 
-
 #[test]
 fn operator_mode_renders_only_the_crs_and_plain_objects() {
     let settings = RenderSettings {
