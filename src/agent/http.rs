@@ -129,15 +129,9 @@ async fn github(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         "ping" => answer(StatusCode::OK, "ok", json!({"ok": true})),
         "push" => match webhook::parse_push(&body) {
             Ok(push) => {
-                let triggered: Vec<&str> = shared
-                    .sources
-                    .iter()
-                    .filter(|s| webhook::moves(&push, &s.config))
-                    .map(|s| {
-                        s.trigger(Trigger::Webhook);
-                        s.config.name.as_str()
-                    })
-                    .collect();
+                let triggered = act_on(&shared, |s| {
+                    webhook::moves(&push, &s.config).then(|| s.trigger(Trigger::Webhook))
+                });
                 tracing::info!(
                     repository = push.repository.full_name,
                     reference = push.reference,
@@ -145,57 +139,25 @@ async fn github(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
                     sources = ?triggered,
                     "push received"
                 );
-                let result = if triggered.is_empty() {
-                    "ignored"
-                } else {
-                    "accepted"
-                };
-                answer(
-                    StatusCode::ACCEPTED,
-                    result,
-                    json!({ "triggered": triggered }),
-                )
+                accepted(answer, "triggered", triggered)
             }
-            Err(err) => answer(
-                StatusCode::BAD_REQUEST,
-                err.category(),
-                json!({"error": err.to_string()}),
-            ),
+            Err(err) => bad_payload(answer, &err),
         },
         "pull_request" => match webhook::parse_pull_request(&body) {
             Ok(pull) => {
-                let triggered: Vec<&str> = shared
-                    .sources
-                    .iter()
-                    .filter(|s| webhook::plans(&pull, &s.config))
-                    .map(|s| {
-                        s.plan_pull_request(pull.number);
-                        s.config.name.as_str()
-                    })
-                    .collect();
+                let planning = act_on(&shared, |s| {
+                    webhook::plans(&pull, &s.config).then(|| s.plan_pull_request(pull.number))
+                });
                 tracing::info!(
                     repository = pull.repository.full_name,
                     number = pull.number,
                     action = pull.action,
-                    sources = ?triggered,
+                    sources = ?planning,
                     "pull request received"
                 );
-                let result = if triggered.is_empty() {
-                    "ignored"
-                } else {
-                    "accepted"
-                };
-                answer(
-                    StatusCode::ACCEPTED,
-                    result,
-                    json!({ "planning": triggered }),
-                )
+                accepted(answer, "planning", planning)
             }
-            Err(err) => answer(
-                StatusCode::BAD_REQUEST,
-                err.category(),
-                json!({"error": err.to_string()}),
-            ),
+            Err(err) => bad_payload(answer, &err),
         },
         _ => answer(
             StatusCode::ACCEPTED,
@@ -203,4 +165,38 @@ async fn github(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             json!({"ignored": format!("event {event}")}),
         ),
     }
+}
+
+/// Runs `act` on every source; the names of those it acted on (returned `Some`).
+fn act_on(shared: &Shared, act: impl Fn(&SourceHandle) -> Option<()>) -> Vec<String> {
+    shared
+        .sources
+        .iter()
+        .filter_map(|s| act(s).map(|()| s.config.name.clone()))
+        .collect()
+}
+
+/// 202 with the sources acted on under `key`; `ignored` in the metric when there are none.
+fn accepted(
+    answer: impl FnOnce(StatusCode, &str, serde_json::Value) -> Response,
+    key: &str,
+    sources: Vec<String>,
+) -> Response {
+    let result = if sources.is_empty() {
+        "ignored"
+    } else {
+        "accepted"
+    };
+    answer(StatusCode::ACCEPTED, result, json!({ key: sources }))
+}
+
+fn bad_payload(
+    answer: impl FnOnce(StatusCode, &str, serde_json::Value) -> Response,
+    err: &webhook::WebhookError,
+) -> Response {
+    answer(
+        StatusCode::BAD_REQUEST,
+        err.category(),
+        json!({"error": err.to_string()}),
+    )
 }
