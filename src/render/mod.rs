@@ -12,6 +12,7 @@ mod details;
 mod policy;
 mod spec;
 mod workload;
+mod yaml;
 
 use std::collections::BTreeMap;
 
@@ -423,73 +424,19 @@ pub fn settings_of(checked: &[Checked]) -> RenderSettings {
 
 /// One object as a document of a `---`-separated YAML stream, like `helm template` prints.
 ///
-/// yaml-rust2's emitter writes the document (several times faster than libyaml's, which was
-/// most of `meshops render`'s time). Neither quotes every YAML 1.1 number (`1_000`, `0b101`,
-/// `0X1F`) that Kubernetes' YAML reader still honours, so a document holding such a string is
-/// written as JSON, which is YAML in which every string is quoted. The object is consumed:
-/// its strings move into the emitter's tree instead of being copied.
+/// Written by [`yaml::write_document`], byte for byte what yaml-rust2's emitter wrote before
+/// (several times faster than libyaml's, which was most of `meshops render`'s time once).
+/// Neither quotes every YAML 1.1 number (`1_000`, `0b101`, `0X1F`) that Kubernetes' YAML
+/// reader still honours, so a document holding such a string is written as JSON, which is
+/// YAML in which every string is quoted.
 pub fn yaml_document(object: Object) -> String {
-    if has_ambiguous_string(&object.value) {
-        let json = serde_json::to_string_pretty(&object.value).unwrap_or_default();
-        return format!("---\n{json}\n");
+    thread_local! {
+        /// Grown once per thread, so each document is one allocation of its exact size.
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
     }
-    let mut out = String::new();
-    let mut emitter = yaml_rust2::YamlEmitter::new(&mut out);
-    emitter.multiline_strings(true);
-    // Writing into a String cannot fail.
-    let _ = emitter.dump(&yaml_node(object.value));
-    out.push('\n');
-    out
-}
-
-fn yaml_node(value: Value) -> yaml_rust2::Yaml {
-    use yaml_rust2::Yaml;
-    match value {
-        Value::Null => Yaml::Null,
-        Value::Bool(b) => Yaml::Boolean(b),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Yaml::Integer(i),
-            None => Yaml::Real(n.to_string()),
-        },
-        Value::String(s) => Yaml::String(s),
-        Value::Array(items) => Yaml::Array(items.into_iter().map(yaml_node).collect()),
-        Value::Object(map) => Yaml::Hash(
-            map.into_iter()
-                .map(|(k, v)| (Yaml::String(k), yaml_node(v)))
-                .collect(),
-        ),
-    }
-}
-
-/// A key or string value that yaml-rust2 would write plain although a YAML 1.1 reader (as
-/// Kubernetes' are) takes it for a number: `1_000`, `0b101`, `0o17`, `0X1F`. Everything else
-/// it quotes itself (booleans, null, `~`, whatever parses as an integer or a float, `0x…`).
-fn has_ambiguous_string(value: &Value) -> bool {
-    fn ambiguous(s: &str) -> bool {
-        let unsigned = s.trim_start_matches(['+', '-']);
-        let digits = |prefixes: [&str; 2], digit: fn(u8) -> bool| {
-            prefixes.iter().any(|p| {
-                unsigned.strip_prefix(p).is_some_and(|rest| {
-                    !rest.is_empty() && rest.bytes().all(|b| digit(b) || b == b'_')
-                })
-            })
-        };
-        let radix = digits(["0b", "0B"], |b| matches!(b, b'0' | b'1'))
-            || digits(["0o", "0O"], |b| matches!(b, b'0'..=b'7'))
-            || digits(["0X", "0X"], |b| b.is_ascii_hexdigit());
-        let grouped = unsigned.contains('_')
-            && unsigned.bytes().any(|b| b.is_ascii_digit())
-            && unsigned
-                .bytes()
-                .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'_' | b':'));
-        radix || grouped
-    }
-    match value {
-        Value::String(s) => ambiguous(s),
-        Value::Array(items) => items.iter().any(has_ambiguous_string),
-        Value::Object(map) => map
-            .iter()
-            .any(|(k, v)| ambiguous(k) || has_ambiguous_string(v)),
-        _ => false,
-    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        scratch.clear();
+        yaml::write_document(&object.value, scratch);
+        scratch.as_str().to_owned()
+    })
 }
