@@ -8,7 +8,6 @@
 
 mod yaml;
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -32,16 +31,125 @@ impl fmt::Display for Position {
 }
 
 /// Where each node of a document was written, by JSON pointer. Map entries point at their key.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Spans(HashMap<String, Position>);
+///
+/// Recorded for every node of every load but read only for diagnostics, so recording is
+/// cheap and reading does the work: each node keeps its parent, the last segment of its
+/// pointer (in one string shared by the document, so no allocation per node and no copy of
+/// its ancestors' keys) and its position; the children are indexed on the first lookup. When
+/// two nodes have the same pointer (a merge key and an explicit key), the later one counts.
+#[derive(Clone, Debug, Default)]
+pub struct Spans {
+    /// The last segment of every node's pointer, escaped as in a JSON pointer, one after the
+    /// other.
+    segments: String,
+    nodes: Vec<SpanNode>,
+    /// Node ids ordered by (parent, segment, id), built on the first lookup.
+    children: std::sync::OnceLock<Vec<u32>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SpanNode {
+    /// The parent's id; [`Spans::ROOT`] for the document.
+    parent: u32,
+    /// Where the segment ends in `segments` (it starts where the previous node's ends).
+    end: u32,
+    position: Position,
+}
+
+impl PartialEq for Spans {
+    fn eq(&self, other: &Self) -> bool {
+        self.segments == other.segments && self.nodes == other.nodes
+    }
+}
 
 impl Spans {
-    pub fn insert(&mut self, pointer: String, position: Position) {
-        self.0.insert(pointer, position);
+    /// The id of the document itself, the parent of its top-level nodes.
+    pub const ROOT: u32 = 0;
+
+    /// Records the node at `parent`'s pointer + `/` + `segment` (already escaped) and returns
+    /// its id, the parent of its own children.
+    pub fn record(&mut self, parent: u32, segment: &str, position: Position) -> u32 {
+        self.segments.push_str(segment);
+        self.push(parent, position)
+    }
+
+    /// [`Spans::record`] for a map entry: `key` is escaped here.
+    pub fn record_key(&mut self, parent: u32, key: &str, position: Position) -> u32 {
+        if key.contains(['~', '/']) {
+            for c in key.chars() {
+                match c {
+                    '~' => self.segments.push_str("~0"),
+                    '/' => self.segments.push_str("~1"),
+                    c => self.segments.push(c),
+                }
+            }
+        } else {
+            self.segments.push_str(key);
+        }
+        self.push(parent, position)
+    }
+
+    /// [`Spans::record`] for a sequence item.
+    pub fn record_index(&mut self, parent: u32, index: usize, position: Position) -> u32 {
+        use std::fmt::Write;
+        let _ = write!(self.segments, "{index}");
+        self.push(parent, position)
+    }
+
+    fn push(&mut self, parent: u32, position: Position) -> u32 {
+        // A document has fewer nodes and segment bytes than its file has bytes; a file over
+        // 4 GiB is refused long before (`Limits::max_file_bytes`).
+        let end = u32::try_from(self.segments.len()).expect("document under 4 GiB");
+        self.nodes.push(SpanNode {
+            parent,
+            end,
+            position,
+        });
+        self.children.take();
+        u32::try_from(self.nodes.len()).expect("document under 4 GiB")
+    }
+
+    /// The node's position (ids start at 1).
+    fn position_of(&self, id: u32) -> Position {
+        self.nodes[id as usize - 1].position
+    }
+
+    fn segment(&self, id: u32) -> &str {
+        let index = id as usize - 1;
+        let start = match index {
+            0 => 0,
+            _ => self.nodes[index - 1].end as usize,
+        };
+        &self.segments[start..self.nodes[index].end as usize]
     }
 
     pub fn get(&self, pointer: &str) -> Option<Position> {
-        self.0.get(pointer).copied()
+        let rest = pointer.strip_prefix('/')?;
+        let children = self.children.get_or_init(|| {
+            let mut ids: Vec<u32> = (1..=self.nodes.len() as u32).collect();
+            ids.sort_unstable_by(|&a, &b| {
+                let parent = |id: u32| self.nodes[id as usize - 1].parent;
+                (parent(a), self.segment(a), a).cmp(&(parent(b), self.segment(b), b))
+            });
+            ids
+        });
+        // Every node whose pointer is the prefix walked so far (several when a merge key and
+        // an explicit key wrote the same path).
+        let mut found = vec![Self::ROOT];
+        for segment in rest.split('/') {
+            let mut next = Vec::new();
+            for &parent in &found {
+                let key = |id: &u32| (self.nodes[*id as usize - 1].parent, self.segment(*id));
+                let from = children.partition_point(|id| key(id) < (parent, segment));
+                let to = children.partition_point(|id| key(id) <= (parent, segment));
+                next.extend_from_slice(&children[from..to]);
+            }
+            if next.is_empty() {
+                return None;
+            }
+            found = next;
+        }
+        found.into_iter().max().map(|id| self.position_of(id))
     }
 
     /// The position of `pointer`, or of its nearest ancestor that was written in the file

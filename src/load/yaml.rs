@@ -39,6 +39,7 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<RawDocument>, 
         anchors: HashMap::new(),
         expanded: 0,
         spans: Spans::default(),
+        keys: Vec::new(),
     };
     let mut documents = Vec::new();
     loop {
@@ -52,8 +53,7 @@ pub fn parse_documents(text: &str, limits: &Limits) -> Result<Vec<RawDocument>, 
                 let (event, mark) = builder.next()?;
                 let mark = builder.start_mark(&event, mark);
                 let start = position(&mark);
-                let mut pointer = String::new();
-                let (value, _) = builder.node(event, mark, &mut pointer, 0)?;
+                let (value, _) = builder.node(event, mark, Spans::ROOT, 0)?;
                 let spans = std::mem::take(&mut builder.spans);
                 if !value.is_null() {
                     documents.push(RawDocument {
@@ -91,6 +91,8 @@ struct Builder<'a> {
     /// Nodes produced by alias expansion so far in this document.
     expanded: usize,
     spans: Spans,
+    /// The span ids of the explicit keys of the mappings being read, outermost first.
+    keys: Vec<u32>,
 }
 
 impl Builder<'_> {
@@ -128,7 +130,7 @@ impl Builder<'_> {
         &mut self,
         event: Event,
         mark: Marker,
-        pointer: &mut String,
+        parent: u32,
         depth: usize,
     ) -> Result<(Value, usize), YamlError> {
         if depth > self.limits.max_depth {
@@ -139,7 +141,7 @@ impl Builder<'_> {
         }
         match event {
             Event::Scalar(text, style, anchor, tag) => {
-                let value = scalar(&text, style, tag.as_ref())
+                let value = scalar(text, style, tag.as_ref())
                     .or_else(|message| self.error(&mark, message))?;
                 self.remember(anchor, &value, 1);
                 Ok((value, 1))
@@ -168,13 +170,11 @@ impl Builder<'_> {
                     if matches!(event, Event::SequenceEnd) {
                         break;
                     }
-                    let len = pointer.len();
-                    pointer.push('/');
-                    pointer.push_str(&items.len().to_string());
                     let mark = self.start_mark(&event, mark);
-                    self.spans.insert(pointer.clone(), position(&mark));
-                    let (item, n) = self.node(event, mark, pointer, depth + 1)?;
-                    pointer.truncate(len);
+                    let id = self
+                        .spans
+                        .record_index(parent, items.len(), position(&mark));
+                    let (item, n) = self.node(event, mark, id, depth + 1)?;
                     items.push(item);
                     count += n;
                 }
@@ -183,7 +183,7 @@ impl Builder<'_> {
                 Ok((value, count))
             }
             Event::MappingStart(anchor, _) => {
-                let (value, count) = self.mapping(pointer, depth)?;
+                let (value, count) = self.mapping(parent, depth)?;
                 self.remember(anchor, &value, count);
                 Ok((value, count))
             }
@@ -191,9 +191,10 @@ impl Builder<'_> {
         }
     }
 
-    fn mapping(&mut self, pointer: &mut String, depth: usize) -> Result<(Value, usize), YamlError> {
+    fn mapping(&mut self, parent: u32, depth: usize) -> Result<(Value, usize), YamlError> {
         let mut map = Map::new();
-        let mut key_lines: HashMap<String, u32> = HashMap::new();
+        // This mapping's explicit keys are `self.keys[keys..]`, in the map's order.
+        let keys = self.keys.len();
         let mut merged: Vec<Map<String, Value>> = Vec::new();
         let mut count = 1;
         loop {
@@ -212,7 +213,7 @@ impl Builder<'_> {
             let (event, mark) = self.next()?;
             if key == "<<" {
                 // YAML 1.1 merge key, as Kubernetes' YAML decoder accepts it.
-                let (value, n) = self.node(event, mark, pointer, depth + 1)?;
+                let (value, n) = self.node(event, mark, parent, depth + 1)?;
                 count += n;
                 match value {
                     Value::Object(m) => merged.push(m),
@@ -226,22 +227,30 @@ impl Builder<'_> {
                 }
                 continue;
             }
-            if let Some(first) = key_lines.get(&key) {
-                return self.error(
-                    &key_mark,
-                    format!("duplicate key \"{key}\" (first defined on line {first})"),
-                );
-            }
-            key_lines.insert(key.clone(), position(&key_mark).line);
-            let len = pointer.len();
-            pointer.push('/');
-            pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
-            self.spans.insert(pointer.clone(), position(&key_mark));
-            let (value, n) = self.node(event, mark, pointer, depth + 1)?;
-            pointer.truncate(len);
+            let entry = match map.entry(key) {
+                serde_json::map::Entry::Vacant(entry) => entry,
+                serde_json::map::Entry::Occupied(entry) => {
+                    let key = entry.key();
+                    let segment = key.replace('~', "~0").replace('/', "~1");
+                    let first = self.keys[keys..]
+                        .iter()
+                        .find(|&&id| self.spans.segment(id) == segment)
+                        .map_or(0, |&id| self.spans.position_of(id).line);
+                    return self.error(
+                        &key_mark,
+                        format!("duplicate key \"{key}\" (first defined on line {first})"),
+                    );
+                }
+            };
+            let id = self
+                .spans
+                .record_key(parent, entry.key(), position(&key_mark));
+            self.keys.push(id);
+            let (value, n) = self.node(event, mark, id, depth + 1)?;
             count += n;
-            map.insert(key, value);
+            entry.insert(value);
         }
+        self.keys.truncate(keys);
         // Explicit keys win over merged ones; earlier merge sources win over later ones.
         for source in merged {
             for (key, value) in source {
@@ -260,11 +269,11 @@ impl Builder<'_> {
 
 /// Resolves a scalar with the YAML 1.2 core schema (as serde_yaml does); quoted and block
 /// scalars and `!!str` are always strings.
-fn scalar(text: &str, style: TScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
+fn scalar(text: String, style: TScalarStyle, tag: Option<&Tag>) -> Result<Value, String> {
     if style != TScalarStyle::Plain || tag.is_some_and(|t| t.suffix == "str") {
-        return Ok(Value::String(text.to_owned()));
+        return Ok(Value::String(text));
     }
-    Ok(match text {
+    Ok(match text.as_str() {
         "" | "~" | "null" | "Null" | "NULL" => Value::Null,
         "true" | "True" | "TRUE" => Value::Bool(true),
         "false" | "False" | "FALSE" => Value::Bool(false),
@@ -272,7 +281,10 @@ fn scalar(text: &str, style: TScalarStyle, tag: Option<&Tag>) -> Result<Value, S
         | ".nan" | ".NaN" | ".NAN" => {
             return Err(format!("{text} cannot be represented in JSON; quote it"))
         }
-        _ => number(text).unwrap_or_else(|| Value::String(text.to_owned())),
+        _ => match number(&text) {
+            Some(number) => number,
+            None => Value::String(text),
+        },
     })
 }
 
@@ -365,6 +377,36 @@ mod tests {
         assert_eq!(
             spans.get("/spec/topics/1"),
             Some(Position { line: 6, col: 7 })
+        );
+    }
+
+    #[test]
+    fn spans_of_one_path_written_twice_are_the_later_ones() {
+        let docs =
+            parse("m:\n  <<: {a: {x: 1}}\n  a:\n    y: 2\n\"s/l\": {\"t~\": [0, 1]}\n").unwrap();
+        let spans = &docs[0].spans;
+        assert_eq!(spans.get("/m/a"), Some(Position { line: 3, col: 3 }));
+        assert_eq!(spans.get("/m/a/x"), Some(Position { line: 2, col: 12 }));
+        assert_eq!(spans.get("/m/a/y"), Some(Position { line: 4, col: 5 }));
+        assert_eq!(
+            spans.get("/s~1l/t~0/1"),
+            Some(Position { line: 5, col: 19 })
+        );
+        assert_eq!(spans.get("/s/l"), None);
+        assert_eq!(spans.get("/m/b"), None);
+        assert_eq!(spans.get(""), None);
+        assert_eq!(spans.locate("/m/a/y/z"), Some(Position { line: 4, col: 5 }));
+    }
+
+    #[test]
+    fn a_duplicate_key_names_the_first_explicit_one() {
+        let err = parse("m:\n  <<: {c: 5}\n  c: 1\n  d: {c: 0}\n  c: 2\n").unwrap_err();
+        assert_eq!(err.position, Position { line: 5, col: 3 });
+        assert!(
+            err.message
+                .contains("duplicate key \"c\" (first defined on line 3)"),
+            "{}",
+            err.message
         );
     }
 
