@@ -243,6 +243,7 @@ pub async fn run(
             let span = tracing::info_span!("plan", source = config.name, pull_request = number);
             worker.plan_pull_request(number).instrument(span).await;
         }
+        release_memory();
     }
     tracing::debug!(source = config.name, "source task stopped");
 }
@@ -398,7 +399,7 @@ impl Worker {
         let mirror = self.mirror.get_mut().ok().and_then(Option::take);
         let state_dir = self.context.state_dir.clone();
         let name = self.config().name.clone();
-        let (mirror, result) = tokio::task::spawn_blocking(move || {
+        let (mirror, result) = off_async(move || {
             let mirror = match mirror {
                 Some(mirror) => mirror,
                 None => match Mirror::open(&state_dir, &name, remote) {
@@ -409,8 +410,7 @@ impl Worker {
             let result = job(&mirror);
             (Some(mirror), result)
         })
-        .await
-        .map_err(|e| SourceError::Task(e.to_string()))?;
+        .await?;
         if let Ok(slot) = self.mirror.get_mut() {
             *slot = mirror;
         }
@@ -473,9 +473,7 @@ impl Worker {
     async fn render(&self, tree: Tree) -> Result<Vec<Object>, SourceError> {
         let mode = self.config().mode;
         let source = self.config().name.clone();
-        let desired = tokio::task::spawn_blocking(move || reconcile::desired(&tree, mode, &source))
-            .await
-            .map_err(|e| SourceError::Task(e.to_string()))??;
+        let desired = off_async(move || reconcile::desired(&tree, mode, &source)).await??;
         Ok(desired)
     }
 
@@ -787,6 +785,37 @@ impl Worker {
             "unchanged"
         })
     }
+}
+
+/// Runs blocking work (git, validation, rendering) on rayon's threads, which validation and
+/// rendering use anyway, so that what a pass allocates lives in the heaps of threads that
+/// stay, and [`release_memory`] can give it back; tokio's blocking threads come and go and
+/// leave their freed memory behind in the allocator.
+async fn off_async<T: Send + 'static>(
+    job: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, SourceError> {
+    let (done, result) = tokio::sync::oneshot::channel();
+    rayon::spawn(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+        let _ = done.send(outcome);
+    });
+    match result.await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err(SourceError::Task("a git or render job panicked".into())),
+        Err(_) => Err(SourceError::Task("a git or render job was dropped".into())),
+    }
+}
+
+/// Returns the memory a pass freed to the system. The allocator keeps freed pages in the
+/// heap of the thread that allocated them until that thread allocates again; rayon's
+/// threads sleep between passes, so without this an idle agent keeps its largest pass's
+/// memory (measured: 113 MiB idle after a 1,000-function apply, docs/performance.md).
+fn release_memory() {
+    // SAFETY: mi_collect only frees unused pages of the calling thread's own heap (and, with
+    // `force`, its abandoned segments); it is safe to call at any time on any thread.
+    rayon::broadcast(|_| unsafe { libmimalloc_sys::mi_collect(true) });
+    // SAFETY: as above, for this thread.
+    unsafe { libmimalloc_sys::mi_collect(true) };
 }
 
 /// What is read for a pass: a commit of the tracked ref, or a pull request's head.
