@@ -79,7 +79,11 @@ pub fn sorted(mut value: Value) -> Value {
 pub fn sort_maps(value: &mut Value) {
     match value {
         Value::Object(map) => {
-            map.sort_keys();
+            // Most maps come sorted (k8s-openapi writes its fields in order); sorting one
+            // rebuilds its index, so only those out of order are sorted.
+            if !map.keys().is_sorted() {
+                map.sort_keys();
+            }
             map.values_mut().for_each(sort_maps);
         }
         Value::Array(items) => items.iter_mut().for_each(sort_maps),

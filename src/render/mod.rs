@@ -175,12 +175,20 @@ pub fn spec_hash(value: &Value) -> String {
     canonical_hash(&value)
 }
 
-/// sha256 of the compact JSON of `value`, streamed into the hasher (no copy of the text).
+/// sha256 of the compact JSON of `value`. The text is written into a buffer kept by the
+/// thread and hashed in one call: serde_json writes in pieces of a few bytes, and feeding
+/// those to the hasher one by one cost more than the copy.
 fn canonical_hash(value: &Value) -> String {
-    let mut hasher = Sha256::new();
-    // Writing into a hasher cannot fail, and a Value always serializes.
-    let _ = serde_json::to_writer(&mut hasher, value);
-    format!("{:x}", hasher.finalize())
+    thread_local! {
+        static TEXT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let digest = TEXT.with_borrow_mut(|text| {
+        text.clear();
+        // Writing into a Vec cannot fail, and a Value always serializes.
+        let _ = serde_json::to_writer(&mut *text, value);
+        Sha256::digest(text.as_slice())
+    });
+    format!("{digest:x}")
 }
 
 /// A quantity as a number (cores, bytes). kube_quantity's integer conversions truncate

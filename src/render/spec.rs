@@ -83,14 +83,11 @@ fn as_function_spec(value: Value) -> (FunctionSpec, Map<String, Value>) {
 
 impl RunnerSpec {
     pub fn new(component: Component<'_>, cr_name: &str, namespace: &str) -> RunnerSpec {
-        let (kind, value) = match component {
-            Component::Function(s) => (ComponentKind::Function, to_value(s)),
-            Component::Source(s) => (ComponentKind::Source, to_value(s)),
-            Component::Sink(s) => (ComponentKind::Sink, to_value(s)),
-        };
-        let (spec, mut own) = match component {
-            Component::Function(s) => (s.clone(), Map::new()),
-            _ => as_function_spec(value),
+        // A Function's spec is used as it is; a Source's or Sink's goes through JSON.
+        let (kind, (spec, mut own)) = match component {
+            Component::Function(s) => (ComponentKind::Function, (s.clone(), Map::new())),
+            Component::Source(s) => (ComponentKind::Source, as_function_spec(to_value(s))),
+            Component::Sink(s) => (ComponentKind::Sink, as_function_spec(to_value(s))),
         };
         let mut runner = RunnerSpec {
             kind,

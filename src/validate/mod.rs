@@ -128,7 +128,7 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
     // The documents that passed, then those with schema errors that still make a manifest
     // once the offending fields are out (with those fields' pointers): one vector, so that
     // `judged[..clean]` are the clean ones and nothing is copied.
-    let mut judged: Vec<Checked> = Vec::new();
+    let mut judged: Vec<Checked> = Vec::with_capacity(per_document.len());
     let mut repaired: Vec<(Checked, Vec<String>)> = Vec::new();
     for document in per_document {
         located.extend(document.findings);
@@ -156,19 +156,23 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
             .any(|r| related(&l.finding.pointer, r))
     };
     let units = graph::units(&judged);
-    for unit in &units {
-        let mut findings = Vec::new();
-        rules::check_component(unit.component, &unit.base, &mut findings);
-        located.extend(
+    // The admission rules of each component, in parallel; the findings keep the units' order.
+    let unit_findings: Vec<Vec<Located>> = units
+        .par_iter()
+        .map(|unit| {
+            let mut findings = Vec::new();
+            rules::check_component(unit.component, &unit.base, &mut findings);
             findings
                 .into_iter()
                 .map(|finding| Located {
                     document: unit.document,
                     finding,
                 })
-                .filter(|l| !echoes(l)),
-        );
-    }
+                .filter(|l| !echoes(l))
+                .collect()
+        })
+        .collect();
+    located.extend(unit_findings.into_iter().flatten());
     let describe = |document: usize, pointer: &str| {
         let doc = &tree.documents[document];
         format!(
@@ -183,10 +187,17 @@ pub fn validate(tree: &Tree, schemas: &Schemas, options: ValidateOptions) -> Val
             .filter(|l| !echoes(l)),
     );
     // Topics and references of a repaired document would be judged on what is left of it.
-    let whole = graph::units(&judged[..clean]);
-    located.extend(graph::check_topics(&whole));
-    located.extend(graph::check_references(&judged[..clean], &whole));
-    drop((units, whole));
+    // Without repaired documents that is every unit already listed.
+    let repaired_units;
+    let whole = if clean == judged.len() {
+        &units
+    } else {
+        repaired_units = graph::units(&judged[..clean]);
+        &repaired_units
+    };
+    located.extend(graph::check_topics(whole));
+    located.extend(graph::check_references(&judged[..clean], whole));
+    drop(units);
     judged.truncate(clean);
 
     let mut diagnostics: Vec<Diagnostic> = tree
