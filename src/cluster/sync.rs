@@ -91,19 +91,24 @@ pub async fn fetch(
         scopes.insert((o.api_version.clone(), o.kind.clone(), o.namespace.clone()));
     }
     let selector = format!("{SOURCE_LABEL}={}", options.source);
+    // The LISTs run concurrently: at 1,000 functions, one after another they were half of
+    // an agent's push-to-applied time. The futures are made up front (see `preflight`).
+    let lists: Vec<_> = scopes
+        .iter()
+        .map(|(api_version, kind, namespace)| cluster.list(api_version, kind, namespace, &selector))
+        .collect();
+    let listed: Vec<Result<Vec<Value>, ClusterError>> =
+        stream::iter(lists).buffered(CONCURRENCY).collect().await;
     let mut objects = BTreeMap::new();
-    for (api_version, kind, namespace) in scopes {
-        let listed = match cluster
-            .list(&api_version, &kind, &namespace, &selector)
-            .await
-        {
+    for result in listed {
+        let items = match result {
             Ok(items) => items,
             // A namespace that does not exist yet holds nothing.
             Err(ClusterError::Api { code: 404, .. })
             | Err(ClusterError::NamespaceMissing { .. }) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        for item in listed {
+        for item in items {
             objects.insert(ObjectRef::of(&item), item);
         }
     }
