@@ -15,11 +15,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 fn main() -> ExitCode {
-    // Give freed pages back at once instead of 10 ms later: rendering frees on one thread what
-    // another allocated, and the delay kept peak RSS of a 1,000-function render at 67 MiB
-    // (50 MiB without it, for a few percent of time; docs/performance.md).
-    // SAFETY: sets a process-wide allocator option before any other thread exists.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    // Give freed pages back after 1 ms instead of mimalloc's 10 ms: rendering frees on one
+    // thread what another allocated, and the default delay kept more memory at the peak. Not
+    // at once either: purging every page the moment it empties made the kernel zero the same
+    // memory again and again (~10 % of a 1,000-function render; docs/performance.md).
+    // MIMALLOC_PURGE_DELAY still overrides it.
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a process-wide allocator option before any other thread exists.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1) };
+    }
     let cli = meshops::cli::Cli::parse();
     // At the default level only meshops itself speaks: errors are printed once by the
     // command, and a library's own lines (the kube client's TLS-bypass warning, its logged
