@@ -675,14 +675,23 @@ fn read_file(path: &Path, options: &LoadOptions) -> FileEntry {
     let unreadable = |err: std::io::Error| LoadError::Read {
         reason: err.to_string(),
     };
-    let content = std::fs::metadata(path)
+    // One lookup of the path and one status call: the size comes from the open file, and
+    // reading stops past the limit should the file have grown since.
+    let limit = options.limits.max_file_bytes;
+    let content = std::fs::File::open(path)
+        .and_then(|file| Ok((file.metadata()?.len(), file)))
         .map_err(unreadable)
-        .and_then(|meta| {
-            let (size, limit) = (meta.len(), options.limits.max_file_bytes);
+        .and_then(|(size, file)| {
             if size > limit {
                 return Err(LoadError::TooLarge { size, limit });
             }
-            std::fs::read(path).map_err(unreadable)
+            let mut bytes = Vec::with_capacity(size as usize + 1);
+            std::io::Read::read_to_end(&mut std::io::Read::take(file, limit + 1), &mut bytes)
+                .map_err(unreadable)?;
+            match bytes.len() as u64 {
+                size if size > limit => Err(LoadError::TooLarge { size, limit }),
+                _ => Ok(bytes),
+            }
         });
     FileEntry {
         path: path.to_path_buf(),

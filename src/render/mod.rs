@@ -228,29 +228,27 @@ fn is_label_value(value: &str) -> bool {
 
 /// Every name ≤ 63 characters and every label value valid — checked, not assumed.
 fn check(object: &Object) -> Result<(), RenderError> {
-    let (kind, namespace, name) = (
-        object.kind().to_owned(),
-        object.namespace().to_owned(),
-        object.name().to_owned(),
-    );
+    let (kind, namespace, name) = (object.kind(), object.namespace(), object.name());
     if name.len() > 63 {
         return Err(RenderError::NameTooLong {
             len: name.len(),
-            kind,
-            namespace,
-            name,
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
         });
     }
-    let mut label_maps = vec![&object.value["metadata"]["labels"]];
-    label_maps.push(&object.value["spec"]["template"]["metadata"]["labels"]);
+    let label_maps = [
+        &object.value["metadata"]["labels"],
+        &object.value["spec"]["template"]["metadata"]["labels"],
+    ];
     for labels in label_maps {
         for (key, value) in labels.as_object().into_iter().flatten() {
             let text = value.as_str().unwrap_or_default();
             if !is_label_value(text) {
                 return Err(RenderError::InvalidLabel {
-                    kind,
-                    namespace,
-                    name,
+                    kind: kind.to_owned(),
+                    namespace: namespace.to_owned(),
+                    name: name.to_owned(),
                     key: key.clone(),
                     value: text.to_owned(),
                 });
@@ -368,7 +366,7 @@ pub fn render_each<T: Send>(
     let mut rendered: Vec<(Key, T)> = manifests
         .chain(workloads)
         .collect::<Result<_, RenderError>>()?;
-    rendered.sort_by(|a, b| a.0.cmp(&b.0));
+    rendered.par_sort_by(|a, b| a.0.cmp(&b.0));
     Ok(rendered.into_iter().map(|(_, t)| t).collect())
 }
 

@@ -81,9 +81,16 @@ impl Writer<'_> {
         if ambiguous(text) {
             return Err(Ambiguous);
         }
-        if text.contains('\n') && is_valid_literal_block_scalar(text) {
+        // One pass over the bytes answers what yaml-rust2 asks in three.
+        let class = text
+            .bytes()
+            .fold(0, |class, b| class | BYTE_CLASS[b as usize]);
+        if class & NEWLINE != 0
+            && (class & NOT_LITERAL == 0
+                || (class & NOT_LITERAL == NON_ASCII && is_valid_literal_block_scalar(text)))
+        {
             self.literal_block(text);
-        } else if need_quotes(text) {
+        } else if need_quotes(text, class & QUOTE_ANYWHERE != 0) {
             escape_str(self.out, text);
         } else {
             self.out.push_str(text);
@@ -169,29 +176,46 @@ fn is_valid_literal_block_scalar(text: &str) -> bool {
         .all(|c| matches!(c, '\t' | '\n' | '\x20'..='\x7e' | '\u{0085}' | '\u{00a0}'..='\u{d7fff}'))
 }
 
-/// Bytes that make yaml-rust2 quote a string wherever they appear (all ASCII, so a byte
-/// test is the same as its `char` test).
-const QUOTE_ANYWHERE: [bool; 128] = {
-    let mut table = [false; 128];
+/// [`BYTE_CLASS`] bits. `QUOTE_ANYWHERE`: the bytes that make yaml-rust2 quote a string
+/// wherever they appear (all ASCII, so a byte test is the same as its `char` test).
+const QUOTE_ANYWHERE: u8 = 1;
+const NEWLINE: u8 = 2;
+/// An ASCII byte that [`is_valid_literal_block_scalar`] refuses (controls other than tab and
+/// newline, DEL).
+const CONTROL: u8 = 4;
+/// Part of a multi-byte character: [`is_valid_literal_block_scalar`] decides.
+const NON_ASCII: u8 = 8;
+const NOT_LITERAL: u8 = CONTROL | NON_ASCII;
+
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [0; 256];
     let special = b":{}[],#`\"'\\\t\n\r";
     let mut i = 0;
     while i < special.len() {
-        table[special[i] as usize] = true;
+        table[special[i] as usize] |= QUOTE_ANYWHERE;
         i += 1;
     }
     let mut b = 0;
-    while b < 0x20 {
+    while b < 256 {
         // '\0'..='\x06', '\x0e'..='\x1a', '\x1c'..='\x1f' (and \t, \n, \r above).
-        if b <= 0x06 || (b >= 0x0e && b <= 0x1a) || b >= 0x1c {
-            table[b] = true;
+        if b <= 0x06 || (b >= 0x0e && b <= 0x1a) || (b >= 0x1c && b <= 0x1f) {
+            table[b] |= QUOTE_ANYWHERE;
+        }
+        if (b < 0x20 && b != 0x09 && b != 0x0a) || b == 0x7f {
+            table[b] |= CONTROL;
+        }
+        if b >= 0x80 {
+            table[b] |= NON_ASCII;
         }
         b += 1;
     }
+    table[b'\n' as usize] |= NEWLINE;
     table
 };
 
-/// yaml-rust2's `need_quotes`, transcribed (same order of tests, same results).
-fn need_quotes(text: &str) -> bool {
+/// yaml-rust2's `need_quotes`, transcribed (same order of tests, same results);
+/// `quote_anywhere`: the string holds a byte of [`QUOTE_ANYWHERE`].
+fn need_quotes(text: &str, quote_anywhere: bool) -> bool {
     let bytes = text.as_bytes();
     let Some(&first) = bytes.first() else {
         return true;
@@ -205,7 +229,7 @@ fn need_quotes(text: &str) -> bool {
     ) {
         return true;
     }
-    if bytes.iter().any(|&b| b < 128 && QUOTE_ANYWHERE[b as usize]) {
+    if quote_anywhere {
         return true;
     }
     if bytes.len() <= 5
