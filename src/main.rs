@@ -14,6 +14,11 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// it).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
+#[cfg(target_os = "linux")]
+extern "C" {
+    fn prctl(option: std::ffi::c_int, ...) -> std::ffi::c_int;
+}
+
 fn main() -> ExitCode {
     // Give freed pages back after 1 ms instead of mimalloc's 10 ms: rendering frees on one
     // thread what another allocated, and the default delay kept more memory at the peak. Not
@@ -23,6 +28,25 @@ fn main() -> ExitCode {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a process-wide allocator option before any other thread exists.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1) };
+    }
+    // No transparent huge pages: mimalloc asks for them on its 1 GiB arena (reserved before
+    // main runs, so its own option comes too late), and each first touch then zeroes and keeps
+    // 2 MiB. Without them a render peaks 7-9 MiB lower, as fast on average and with less
+    // spread. MIMALLOC_ALLOW_THP set leaves the choice to mimalloc.
+    #[cfg(target_os = "linux")]
+    if std::env::var_os("MIMALLOC_ALLOW_THP").is_none() {
+        const PR_SET_THP_DISABLE: std::ffi::c_int = 41;
+        // SAFETY: prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) only sets a flag of this process; on
+        // a kernel without it the call fails and nothing changes.
+        unsafe {
+            prctl(
+                PR_SET_THP_DISABLE,
+                1 as std::ffi::c_ulong,
+                0 as std::ffi::c_ulong,
+                0 as std::ffi::c_ulong,
+                0 as std::ffi::c_ulong,
+            )
+        };
     }
     let cli = meshops::cli::Cli::parse();
     // At the default level only meshops itself speaks: errors are printed once by the
