@@ -7,7 +7,7 @@ use common::generate;
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshops::load::{LoadOptions, Tree};
 use meshops::model::RenderSettings;
-use meshops::render::render;
+use meshops::render::{render, render_each, yaml_document};
 use meshops::validate::{validate, Schemas, ValidateOptions};
 
 fn bench(c: &mut Criterion) {
@@ -33,6 +33,18 @@ fn bench(c: &mut Criterion) {
     let validation = validate(&tree, &schemas, ValidateOptions::default());
     c.bench_function("render 1000 functions", |b| {
         b.iter(|| render(&validation.checked, &RenderSettings::default(), "bench").unwrap())
+    });
+    // What `meshops render` does: each object to its YAML document on the thread that made it.
+    c.bench_function("render 1000 functions as YAML", |b| {
+        b.iter(|| {
+            render_each(
+                &validation.checked,
+                &RenderSettings::default(),
+                "bench",
+                yaml_document,
+            )
+            .unwrap()
+        })
     });
     c.bench_function("compile the Function schema", |b| {
         b.iter(|| Schemas::new().check(meshops::model::Kind::Function, &serde_json::Value::Null))
