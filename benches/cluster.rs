@@ -24,25 +24,78 @@ struct Measured {
     requests: u64,
     writes: u64,
     output: String,
+    /// CPU time of the command itself, and of kube-apiserver + etcd while it ran: on a small
+    /// machine they share the cores, and the server's share bounds what concurrency can gain.
+    client_cpu: Duration,
+    server_cpu: Duration,
 }
 
-fn run(program: &Path, args: &[&str]) -> (Duration, std::process::Output) {
+/// The control plane's process ids, read once by `main`.
+static SERVER_PIDS: std::sync::OnceLock<[u32; 2]> = std::sync::OnceLock::new();
+
+/// utime + stime of a running process, from /proc/PID/stat.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after it are fixed.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i)?.parse::<u64>().ok())
+        .sum();
+    // SAFETY: sysconf only reads a constant of the system.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Duration::from_secs_f64(ticks as f64 / per_second)
+}
+
+fn server_cpu() -> Duration {
+    SERVER_PIDS
+        .get()
+        .map(|pids| pids.iter().map(|&pid| process_cpu(pid)).sum())
+        .unwrap_or_default()
+}
+
+/// CPU time of the children this process has waited for.
+fn children_cpu() -> Duration {
+    // SAFETY: getrusage fills the zeroed struct it is given and nothing else.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Runs a command, returning its wall time, output, own CPU and the server's CPU meanwhile.
+fn run(program: &Path, args: &[&str]) -> (Duration, std::process::Output, Duration, Duration) {
+    let (client_before, server_before) = (children_cpu(), server_cpu());
     let started = Instant::now();
     let output = Command::new(program).args(args).output().unwrap();
     let elapsed = started.elapsed();
+    let cpu = (
+        children_cpu() - client_before,
+        server_cpu().saturating_sub(server_before),
+    );
     assert!(
         output.status.success() || output.status.code() == Some(1) && args[0] == "diff",
         "{} {args:?}: {}",
         program.display(),
         String::from_utf8_lossy(&output.stderr)
     );
-    (elapsed, output)
+    (elapsed, output, cpu.0, cpu.1)
 }
 
 /// meshops prints `cost: N requests (…), W writes` on stderr.
 fn meshops(binary: &Path, args: &[&str]) -> Measured {
-    let (elapsed, output) = run(binary, args);
+    let (elapsed, output, client_cpu, server_cpu) = run(binary, args);
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    // With MESHOPS_LOG set (say `meshops=debug,kube_client=debug`), each step's log is shown.
+    if std::env::var_os("MESHOPS_LOG").is_some() {
+        eprintln!("--- meshops {}\n{stderr}", args.join(" "));
+    }
     let cost = stderr
         .lines()
         .find(|l| l.starts_with("cost: "))
@@ -62,6 +115,8 @@ fn meshops(binary: &Path, args: &[&str]) -> Measured {
         requests: number(" requests"),
         writes: number(" writes"),
         output: String::from_utf8_lossy(&output.stdout).into_owned(),
+        client_cpu,
+        server_cpu,
     }
 }
 
@@ -70,7 +125,7 @@ fn meshops(binary: &Path, args: &[&str]) -> Measured {
 fn kubectl(binary: &Path, args: &[&str]) -> Measured {
     let mut all = args.to_vec();
     all.push("-v=6");
-    let (elapsed, output) = run(binary, &all);
+    let (elapsed, output, client_cpu, server_cpu) = run(binary, &all);
     let log = String::from_utf8_lossy(&output.stderr);
     let verbs: Vec<&str> = log
         .lines()
@@ -101,6 +156,8 @@ fn kubectl(binary: &Path, args: &[&str]) -> Measured {
         requests: verbs.len() as u64,
         writes: writes as u64,
         output: String::from_utf8_lossy(&output.stdout).into_owned(),
+        client_cpu,
+        server_cpu,
     }
 }
 
@@ -141,6 +198,7 @@ fn main() {
         .block_on(control_plane::ControlPlane::start(&assets))
         .unwrap();
     let kubeconfig = plane.kubeconfig.to_str().unwrap().to_owned();
+    SERVER_PIDS.get_or_init(|| plane.server_pids());
     let work = tempfile::tempdir().unwrap();
     let repo = work.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
@@ -164,6 +222,22 @@ fn main() {
             .map(|(_, plural)| format!("{plural}.compute.functionmesh.io"))
             .collect();
         control_plane::wait_established(&cluster, &names).await;
+        // The API server builds a resource's watch cache on its first LIST (about a second
+        // for a custom resource); warm every kind up so neither tool pays that in its time.
+        let kinds = [
+            ("v1", "ConfigMap"),
+            ("v1", "Service"),
+            ("apps/v1", "StatefulSet"),
+            ("autoscaling/v2", "HorizontalPodAutoscaler"),
+            ("policy/v1", "PodDisruptionBudget"),
+            (meshops::model::FUNCTION_MESH_API_VERSION, "Function"),
+        ];
+        for (api_version, kind) in kinds {
+            cluster
+                .list(api_version, kind, "default", "")
+                .await
+                .unwrap();
+        }
     });
 
     let repo_arg = repo.to_str().unwrap();
@@ -260,5 +334,41 @@ fn main() {
                 ours.writes
             ),
         }
+    }
+    // What the server's own work allows: its CPU time for meshops' first apply, spread over
+    // every core of this machine, is the least any client could take for those writes.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let floor = first.server_cpu.as_secs_f64() / cores as f64;
+    println!();
+    print!(
+        "The API server and etcd spent {:.2} s of CPU on meshops' first apply: on {cores} cores \
+         no client takes less than {floor:.2} s for it",
+        first.server_cpu.as_secs_f64()
+    );
+    match &rows_kubectl {
+        Some(k) => println!(
+            ", {:.1}× kubectl at most.",
+            k.0.elapsed.as_secs_f64() / floor
+        ),
+        None => println!("."),
+    }
+    println!();
+    println!("CPU time while each step ran (the client; kube-apiserver + etcd):");
+    println!();
+    println!("| step | meshops | its server | kubectl | its server |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, ours, _, index) in steps {
+        let theirs = rows_kubectl.as_ref().map(|k| [&k.0, &k.1, &k.2][index]);
+        let cpu = |m: Option<&Measured>, server: bool| match m {
+            Some(m) => ms(if server { m.server_cpu } else { m.client_cpu }),
+            None => "–".to_owned(),
+        };
+        println!(
+            "| {name} | {} | {} | {} | {} |",
+            cpu(Some(ours), false),
+            cpu(Some(ours), true),
+            cpu(theirs, false),
+            cpu(theirs, true)
+        );
     }
 }

@@ -123,6 +123,11 @@ pub fn kubeconfig(server: &str, ca_file: &Path, token: &str) -> String {
 }
 
 impl ControlPlane {
+    /// The process ids of kube-apiserver and etcd (the benchmarks read their CPU time).
+    pub fn server_pids(&self) -> [u32; 2] {
+        [self.apiserver.child.id(), self.etcd.child.id()]
+    }
+
     /// Starts etcd and kube-apiserver from `assets` and waits until `/readyz` answers ok.
     pub async fn start(assets: &Path) -> Result<ControlPlane, String> {
         let dir = tempfile::Builder::new()
