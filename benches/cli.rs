@@ -23,6 +23,8 @@ struct Run {
 fn run_once(binary: &Path, args: &[&str], output: &Path) -> Run {
     let file = std::fs::File::create(output).unwrap();
     let started = Instant::now();
+    // Reaped by wait4 below, which also gives its rusage (Child::wait would not).
+    #[allow(clippy::zombie_processes)]
     let child = Command::new(binary)
         .args(args)
         .stdout(Stdio::from(file))
