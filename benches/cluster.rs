@@ -3,7 +3,9 @@
 //! first apply, no-op apply, no-change plan. Prints one table: time, requests and writes.
 //!
 //! `cargo bench --bench cluster` (1,000 functions; `MESHOPS_BENCH_FUNCTIONS=N` for another
-//! size). Needs the envtest binaries (`$KUBEBUILDER_ASSETS` or `/usr/local/kubebuilder/bin`,
+//! size). `MESHOPS_BENCH_RTT_MS=N` puts both tools behind a TCP relay that delays every byte
+//! by N/2 ms each way: an API server N ms away, as a managed control plane is from a CI runner
+//! or a laptop, instead of one on loopback. Needs the envtest binaries (`$KUBEBUILDER_ASSETS` or `/usr/local/kubebuilder/bin`,
 //! see docs/DEVELOPERS.md); kubectl is taken from there too, or from PATH.
 
 mod common;
@@ -175,6 +177,58 @@ fn kubectl_binary(assets: &Path) -> Option<PathBuf> {
         .map(|_| PathBuf::from("kubectl"))
 }
 
+/// A TCP relay on loopback to `target` that delivers every chunk `one_way` after it arrived,
+/// in both directions, without limiting throughput: a link with a round trip of twice that.
+async fn delaying_relay(target: std::net::SocketAddr, one_way: Duration) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::{TcpListener, TcpStream};
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        one_way: Duration,
+    ) {
+        let (sender, mut receiver) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+        let writer = tokio::spawn(async move {
+            while let Some((due, chunk)) = receiver.recv().await {
+                tokio::time::sleep_until(due.into()).await;
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+            let _ = to.shutdown().await;
+        });
+        let mut buffer = vec![0; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buffer).await {
+            if sender.send((Instant::now() + one_way, buffer[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+        drop(sender);
+        let _ = writer.await;
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(server) = TcpStream::connect(target).await else {
+                    return;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::join!(
+                    pipe(client_read, server_write, one_way),
+                    pipe(server_read, client_write, one_way)
+                );
+            });
+        }
+    });
+    address
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it,
     // and a two-minute measurement has no place in the test run.
@@ -197,9 +251,28 @@ fn main() {
     let plane = runtime
         .block_on(control_plane::ControlPlane::start(&assets))
         .unwrap();
-    let kubeconfig = plane.kubeconfig.to_str().unwrap().to_owned();
     SERVER_PIDS.get_or_init(|| plane.server_pids());
     let work = tempfile::tempdir().unwrap();
+    let rtt: u64 = std::env::var("MESHOPS_BENCH_RTT_MS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    // Both tools reach the server through the relay; setting up and checking go direct.
+    let kubeconfig = if rtt == 0 {
+        plane.kubeconfig.clone()
+    } else {
+        let target = plane.server.trim_start_matches("https://").parse().unwrap();
+        let relay = runtime.block_on(delaying_relay(target, Duration::from_micros(rtt * 500)));
+        let path = work.path().join("kubeconfig-relayed");
+        let config = control_plane::kubeconfig(
+            &format!("https://{relay}"),
+            &plane.ca_file,
+            &plane.admin_token,
+        );
+        std::fs::write(&path, config).unwrap();
+        path
+    };
+    let kubeconfig = kubeconfig.to_str().unwrap().to_owned();
     let repo = work.path().join("repo");
     std::fs::create_dir_all(&repo).unwrap();
     common::generate_in(&repo, functions, "bench-meshops");
@@ -299,8 +372,12 @@ fn main() {
     });
 
     println!();
+    let link = match rtt {
+        0 => "on loopback".to_owned(),
+        ms => format!("{ms} ms away (a delaying relay on loopback)"),
+    };
     println!(
-        "{functions} functions, {objects} objects, one kube-apiserver {} + etcd on loopback",
+        "{functions} functions, {objects} objects, one kube-apiserver {} + etcd {link}",
         plane.server
     );
     println!();
