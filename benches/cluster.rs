@@ -200,7 +200,10 @@ async fn delaying_relay(target: std::net::SocketAddr, one_way: Duration) -> std:
         });
         let mut buffer = vec![0; 64 * 1024];
         while let Ok(n @ 1..) = from.read(&mut buffer).await {
-            if sender.send((Instant::now() + one_way, buffer[..n].to_vec())).is_err() {
+            if sender
+                .send((Instant::now() + one_way, buffer[..n].to_vec()))
+                .is_err()
+            {
                 break;
             }
         }

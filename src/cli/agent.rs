@@ -86,7 +86,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         listen: args.listen,
         identity,
     };
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_park(agent::source::collect_after_pass)
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
