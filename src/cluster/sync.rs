@@ -507,8 +507,8 @@ pub async fn execute_with(
         }
         let started = std::time::Instant::now();
         // Unchanged objects are settled from their live value without a request or a copy:
-        // on an agent's push most objects are unchanged, and copying each of them per phase
-        // was a third of a pass's memory.
+        // on an agent's push nearly every object is unchanged, and copying each of them
+        // took 0.3 s of a one-Function push at 1,000 functions.
         let mut batch: Vec<(ObjectRef, Action, Value)> = Vec::new();
         for object in desired.iter().filter(|o| o.phase == phase) {
             let reference = ObjectRef::of(&object.value);
