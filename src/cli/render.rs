@@ -112,12 +112,12 @@ pub fn desired(
 fn text(object: Object, output: Output) -> String {
     match output {
         Output::Yaml => yaml_document(object),
-        Output::Json => serde_json::to_string_pretty(&object.value)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| format!("  {line}"))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        // Indented one level, as an element of the array around it: a string's line breaks
+        // are escaped in JSON, so every raw '\n' starts a line of the document.
+        Output::Json => {
+            let pretty = serde_json::to_string_pretty(&object.value).unwrap_or_default();
+            format!("  {}", pretty.replace('\n', "\n  "))
+        }
     }
 }
 
