@@ -423,18 +423,10 @@ async fn the_agent_reports_syncs_drift_and_pull_request_plans_to_github() {
         } = running;
         let github = fake;
         agent.wait_applied("staging", &first);
-        let on = |sha: &str, context: &str| -> Vec<(String, String)> {
-            github
-                .statuses()
-                .into_iter()
-                .filter(|s| s.0 == sha && s.1 == context)
-                .map(|s| (s.2, s.3))
-                .collect()
-        };
         agent.wait_for("the sync status", Duration::from_secs(10), |_| {
-            on(&first, "meshops/sync/staging").len() >= 2
+            github.statuses_on(&first, "meshops/sync/staging").len() >= 2
         });
-        let sync = on(&first, "meshops/sync/staging");
+        let sync = github.statuses_on(&first, "meshops/sync/staging");
         assert_eq!(sync[0].0, "pending");
         assert!(
             sync[0].1.starts_with("applying: Plan: 25 to create"),
@@ -487,7 +479,7 @@ async fn the_agent_reports_syncs_drift_and_pull_request_plans_to_github() {
             comment.contains("+        image: registry.example.com/iot/notifier:1.3.0"),
             "{comment}"
         );
-        let plan = on(&head, "meshops/plan/staging");
+        let plan = github.statuses_on(&head, "meshops/plan/staging");
         assert_eq!(plan[0].0, "success", "{plan:?}");
         assert_eq!(
             server.find("Function", "notifier").unwrap()["spec"]["image"],
@@ -504,11 +496,12 @@ async fn the_agent_reports_syncs_drift_and_pull_request_plans_to_github() {
             "f:spec",
         );
         agent.wait_for("the drift status", Duration::from_secs(20), |_| {
-            on(&first, "meshops/drift/staging")
+            github
+                .statuses_on(&first, "meshops/drift/staging")
                 .iter()
                 .any(|(state, _)| state == "failure")
         });
-        let drift = on(&first, "meshops/drift/staging");
+        let drift = github.statuses_on(&first, "meshops/drift/staging");
         let failure = drift.iter().find(|(state, _)| state == "failure").unwrap();
         assert!(
             failure

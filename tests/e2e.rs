@@ -982,18 +982,10 @@ fn e2e_agent_follows_a_repository() {
     // Its sync status: pending while applying and rolling out, then a failure naming the
     // StatefulSet that did not roll out (an API server alone runs no pods).
     let sync_context = format!("meshops/sync/{source}");
-    let statuses_on = |sha: &str, context: &str| -> Vec<(String, String)> {
-        github
-            .statuses()
-            .into_iter()
-            .filter(|s| s.0 == sha && s.1 == context)
-            .map(|s| (s.2, s.3))
-            .collect()
-    };
     agent.wait_for("the sync status", Duration::from_secs(20), |_| {
-        statuses_on(&second, &sync_context).len() >= 3
+        github.statuses_on(&second, &sync_context).len() >= 3
     });
-    let sync = statuses_on(&second, &sync_context);
+    let sync = github.statuses_on(&second, &sync_context);
     assert_eq!(sync[0].0, "pending", "{sync:?}");
     assert!(
         sync[0]
@@ -1055,7 +1047,7 @@ fn e2e_agent_follows_a_repository() {
     );
     assert!(comment.contains("replicas: 3"), "{comment}");
     assert_eq!(
-        statuses_on(&pr_head, &format!("meshops/plan/{source}"))[0].0,
+        github.statuses_on(&pr_head, &format!("meshops/plan/{source}"))[0].0,
         "success"
     );
     assert_eq!(
@@ -1128,11 +1120,12 @@ fn e2e_agent_follows_a_repository() {
     );
     let drift_context = format!("meshops/drift/{source}");
     agent.wait_for("the drift status", Duration::from_secs(20), |_| {
-        statuses_on(&third, &drift_context)
+        github
+            .statuses_on(&third, &drift_context)
             .iter()
             .any(|(state, _)| state == "failure")
     });
-    let drift = statuses_on(&third, &drift_context);
+    let drift = github.statuses_on(&third, &drift_context);
     assert!(
         drift.iter().any(|(state, d)| state == "failure"
             && d.contains("notifier-function image by kubectl-edit")),

@@ -107,11 +107,6 @@ impl Drift {
         values.extend(pass.live.objects.iter().map(|(k, v)| (k.clone(), v)));
         let assessment = assess(pass, &values, &self.reported);
         let source = &handle.config.name;
-        context.metrics.drift(source, assessment.lines.len());
-        handle.update(|s| {
-            s.drift_objects = assessment.lines.len();
-            s.drift = assessment.lines.clone();
-        });
         if !assessment.lines.is_empty() {
             tracing::warn!(
                 source,
@@ -128,6 +123,13 @@ impl Drift {
         for cr in &assessment.recovered {
             set_synced(context, pass, cr, commit, None).await;
         }
+        // The gauge and the sources API change last: whoever sees the drift there finds its
+        // Event and condition already written.
+        context.metrics.drift(source, assessment.lines.len());
+        handle.update(|s| {
+            s.drift_objects = assessment.lines.len();
+            s.drift = assessment.lines.clone();
+        });
         self.reported = assessment.reported;
     }
 }

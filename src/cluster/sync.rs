@@ -274,6 +274,13 @@ fn owner_key(value: &Value) -> Option<(String, String, String)> {
     ))
 }
 
+/// Notes the uid of a Function, Source or Sink, so that its workloads get their ownerReference.
+fn record_owner(owners: &mut Owners, value: &Value) {
+    if let (Some(key), Some(uid)) = (owner_key(value), value["metadata"]["uid"].as_str()) {
+        owners.insert(key, uid.to_owned());
+    }
+}
+
 /// The workload's controller: the CR named by its Function Mesh labels.
 fn owner_of(value: &Value) -> Option<(String, String, String)> {
     let labels = &value["metadata"]["labels"];
@@ -515,17 +522,13 @@ pub async fn execute_with(
             let action = actions.get(&reference).copied().unwrap_or(Action::Create);
             match (action, live.objects.get(&reference)) {
                 (Action::Unchanged, Some(current)) => {
-                    if let Some(key) = owner_key(current) {
-                        if let Some(uid) = current["metadata"]["uid"].as_str() {
-                            owners.insert(key, uid.to_owned());
-                        }
-                    }
+                    record_owner(&mut owners, current);
                     fingerprints.insert(reference, fingerprint(current));
                 }
                 _ => batch.push((reference, action, with_owner(&object.value, &owners))),
             }
         }
-        let results: Vec<Result<(ObjectRef, Value), ClusterError>> = stream::iter(batch)
+        let results: Vec<Result<(ObjectRef, Action, Value), ClusterError>> = stream::iter(batch)
             .map(|(reference, action, value)| async move {
                 let applied = match action {
                     Action::Recreate => {
@@ -534,20 +537,15 @@ pub async fn execute_with(
                     }
                     _ => retrying(|| cluster.apply(&value, false)).await?,
                 };
-                Ok((reference, applied))
+                Ok((reference, action, applied))
             })
             .buffered(CONCURRENCY)
             .collect()
             .await;
         tracing::debug!(phase, objects = results.len(), elapsed = ?started.elapsed(), "applied phase");
         for result in results {
-            let (reference, applied) = result?;
-            if let (Some(key), Some(uid)) =
-                (owner_key(&applied), applied["metadata"]["uid"].as_str())
-            {
-                owners.insert(key, uid.to_owned());
-            }
-            let action = actions.get(&reference).copied().unwrap_or(Action::Create);
+            let (reference, action, applied) = result?;
+            record_owner(&mut owners, &applied);
             progress.done(&reference, action);
             report.applied.push(reference.clone());
             if let Some(view) = status_view(&applied) {

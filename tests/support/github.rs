@@ -70,6 +70,15 @@ impl FakeGithub {
             .collect()
     }
 
+    /// The statuses posted on `sha` in `context`, as (state, description), in order.
+    pub fn statuses_on(&self, sha: &str, context: &str) -> Vec<(String, String)> {
+        self.statuses()
+            .into_iter()
+            .filter(|s| s.0 == sha && s.1 == context)
+            .map(|s| (s.2, s.3))
+            .collect()
+    }
+
     /// The comments on issue `number`, in id order.
     pub fn comments(&self, number: u64) -> Vec<String> {
         self.0
