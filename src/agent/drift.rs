@@ -2,16 +2,18 @@
 //! as a Kubernetes Event on the owning Function/Source/Sink, its `Synced` condition, the
 //! `meshops_drift_objects` gauge, the sources API and a log line.
 //!
-//! [`assess`] decides what to tell (pure, tested with plain values); [`Drift::report`] tells it.
+//! [`assess`] decides what to tell (pure, tested with plain values); [`Drift::report`] tells it
+//! to the cluster and returns the lines for the gauge and the sources API, which the caller
+//! updates last.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::{Event, EventType, Recorder};
 use serde_json::{json, Value};
 
-use super::source::{now_text, Context, SourceHandle};
 use crate::cluster::rollout;
 use crate::cluster::sync::owning_cr;
+use crate::cluster::Cluster;
 use crate::plan::{Action, Change, ObjectRef};
 use crate::reconcile::Pass;
 use crate::render::OPERATOR_MANAGED;
@@ -89,16 +91,20 @@ pub struct Drift {
 }
 
 impl Drift {
-    /// Tells what `pass` (a plan of the applied commit) shows: the gauge and the sources API
-    /// always, a log line when anything drifted, an Event and `Synced=False` per CR with
-    /// news, `Synced=True` again per CR that recovered.
+    /// Tells what `pass` (a plan of the applied commit) shows: a log line when anything
+    /// drifted, an Event and `Synced=False` per CR with news, `Synced=True` again per CR
+    /// that recovered. Returns one line per drifted object: whoever shows them (the gauge,
+    /// the sources API) does so after this, so a reader who sees the drift there finds its
+    /// Event and condition already written. `now` stamps the conditions.
     pub async fn report(
         &mut self,
-        context: &Context,
-        handle: &SourceHandle,
+        cluster: &Cluster,
+        recorder: &Recorder,
         pass: &Pass,
+        source: &str,
         commit: &str,
-    ) {
+        now: &str,
+    ) -> Vec<String> {
         let mut values: BTreeMap<ObjectRef, &Value> = pass
             .desired
             .iter()
@@ -106,7 +112,6 @@ impl Drift {
             .collect();
         values.extend(pass.live.objects.iter().map(|(k, v)| (k.clone(), v)));
         let assessment = assess(pass, &values, &self.reported);
-        let source = &handle.config.name;
         if !assessment.lines.is_empty() {
             tracing::warn!(
                 source,
@@ -116,25 +121,30 @@ impl Drift {
                 "drift detected"
             );
         }
+        let target = Target {
+            cluster,
+            pass,
+            commit,
+            now,
+        };
         for (cr, note) in &assessment.news {
-            event(context, pass, cr, note).await;
-            set_synced(context, pass, cr, commit, Some(note)).await;
+            event(recorder, pass, cr, note).await;
+            target.set_synced(cr, Some(note)).await;
         }
         for cr in &assessment.recovered {
-            set_synced(context, pass, cr, commit, None).await;
+            target.set_synced(cr, None).await;
         }
-        // The gauge and the sources API change last: whoever sees the drift there finds its
-        // Event and condition already written.
-        context.metrics.drift(source, assessment.lines.len());
-        handle.update(|s| {
-            s.drift_objects = assessment.lines.len();
-            s.drift = assessment.lines.clone();
-        });
         self.reported = assessment.reported;
+        assessment.lines
+    }
+
+    /// Forgets what was announced: the commit was applied again.
+    pub fn clear(&mut self) {
+        self.reported.clear();
     }
 }
 
-async fn event(context: &Context, pass: &Pass, cr: &ObjectRef, note: &str) {
+async fn event(recorder: &Recorder, pass: &Pass, cr: &ObjectRef, note: &str) {
     // An Event must name an object that exists; a deleted CR is in the log line only.
     let Some(uid) = pass
         .live
@@ -159,46 +169,55 @@ async fn event(context: &Context, pass: &Pass, cr: &ObjectRef, note: &str) {
         action: "Compare".into(),
         secondary: None,
     };
-    if let Err(err) = context.recorder.publish(&event, &reference).await {
+    if let Err(err) = recorder.publish(&event, &reference).await {
         tracing::warn!(%cr, error = %err, "could not record the drift Event");
     }
 }
 
 /// Writes the CR's status with `Synced=False, reason Drifted` (or back to `Applied` when
 /// `drift` is `None`), for the CRs meshops runs itself; the operator owns the others'.
-async fn set_synced(
-    context: &Context,
-    pass: &Pass,
-    cr: &ObjectRef,
-    commit: &str,
-    drift: Option<&str>,
-) {
-    let Some(live_cr) = pass.live.objects.get(cr) else {
-        return;
-    };
-    let native = pass.desired.iter().any(|d| {
-        &ObjectRef::of(&d.value) == cr
-            && d.value["metadata"]["annotations"][OPERATOR_MANAGED] == "false"
-    });
-    if !native {
-        return;
-    }
-    let statefulset = ObjectRef {
-        api_version: "apps/v1".into(),
-        kind: "StatefulSet".into(),
-        namespace: cr.namespace.clone(),
-        name: format!("{}-{}", cr.name, cr.kind.to_ascii_lowercase()),
-    };
-    let now = now_text();
-    let mut status = rollout::cr_status(live_cr, pass.live.objects.get(&statefulset), commit, &now);
-    if let Some(message) = drift {
-        status["status"]["conditions"][0] = json!({
-            "type": "Synced", "status": "False", "reason": "Drifted", "message": message,
-            "lastTransitionTime": now, "observedGeneration": live_cr["metadata"]["generation"],
+struct Target<'a> {
+    cluster: &'a Cluster,
+    pass: &'a Pass,
+    commit: &'a str,
+    now: &'a str,
+}
+
+impl Target<'_> {
+    async fn set_synced(&self, cr: &ObjectRef, drift: Option<&str>) {
+        let Target {
+            cluster,
+            pass,
+            commit,
+            now,
+        } = *self;
+        let Some(live_cr) = pass.live.objects.get(cr) else {
+            return;
+        };
+        let native = pass.desired.iter().any(|d| {
+            &ObjectRef::of(&d.value) == cr
+                && d.value["metadata"]["annotations"][OPERATOR_MANAGED] == "false"
         });
-    }
-    if let Err(err) = context.cluster.apply_status(&status).await {
-        tracing::warn!(%cr, error = %err, "could not write the CR status");
+        if !native {
+            return;
+        }
+        let statefulset = ObjectRef {
+            api_version: "apps/v1".into(),
+            kind: "StatefulSet".into(),
+            namespace: cr.namespace.clone(),
+            name: format!("{}-{}", cr.name, cr.kind.to_ascii_lowercase()),
+        };
+        let mut status =
+            rollout::cr_status(live_cr, pass.live.objects.get(&statefulset), commit, now);
+        if let Some(message) = drift {
+            status["status"]["conditions"][0] = json!({
+                "type": "Synced", "status": "False", "reason": "Drifted", "message": message,
+                "lastTransitionTime": now, "observedGeneration": live_cr["metadata"]["generation"],
+            });
+        }
+        if let Err(err) = cluster.apply_status(&status).await {
+            tracing::warn!(%cr, error = %err, "could not write the CR status");
+        }
     }
 }
 

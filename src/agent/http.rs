@@ -27,7 +27,8 @@ pub struct Shared {
     /// `None`: no webhook configured, the endpoint answers 404.
     pub webhook_secret: Option<Vec<u8>>,
     pub deliveries: Mutex<Deliveries>,
-    pub is_leader: watch::Receiver<bool>,
+    /// The leadership term: `Some` while this replica leads.
+    pub term: watch::Receiver<super::leader::Term>,
 }
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -47,7 +48,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
 /// Ready only while leading, so a Service in front of several replicas sends webhooks to the
 /// one that acts on them.
 async fn ready(State(shared): State<Arc<Shared>>) -> Response {
-    if *shared.is_leader.borrow() {
+    if shared.term.borrow().is_some() {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not the leader\n").into_response()

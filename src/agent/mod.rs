@@ -2,18 +2,23 @@
 //! cluster at its latest valid commit.
 //!
 //! One task per source (triggers coalesce; one pass at a time), one HTTP server (webhooks,
-//! probes, metrics, the sources API), one leader election. A single cancellation token ends
-//! them all: on SIGTERM the sources stop between apply phases, the HTTP server drains and the
-//! lease is released so another replica takes over at once.
+//! probes, metrics, the sources API), one leader election. One cancellation token ends them
+//! all: each leadership term is a child of it, so on SIGTERM or a lost Lease the passes are
+//! dropped where they are and the cluster's write fence refuses any write still on its way;
+//! the HTTP server drains and the lease is released so another replica takes over at once.
 
 pub mod config;
 pub mod drift;
 pub mod http;
 pub mod leader;
+pub mod memory;
 pub mod metrics;
+pub mod pass;
+pub mod pull;
 pub mod report;
 pub mod schedule;
 pub mod source;
+pub mod state;
 pub mod webhook;
 
 use std::net::SocketAddr;
@@ -26,15 +31,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::{Cluster, ClusterError};
 use crate::model::AgentConfig;
-use leader::{LeaderError, Leadership};
-use source::{Context, SourceHandle};
+use leader::{Leadership, Timing};
+use pass::Context;
+use source::SourceHandle;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
-    #[error(transparent)]
-    Leader(#[from] LeaderError),
     #[error("cannot read the webhook secret {path}: {source}")]
     WebhookSecret {
         path: PathBuf,
@@ -122,15 +126,15 @@ pub async fn run(
             .and_then(crate::model::agent::duration)
             .unwrap_or(Duration::from_secs(15));
         Leadership::elect(
-            cluster.client().clone(),
+            &cluster,
             &namespace,
             &name,
             &options.identity,
-            duration,
+            Timing::new(duration),
+            shutdown.clone(),
         )
-        .await?
     } else {
-        Leadership::sole()
+        Leadership::sole(&cluster, &shutdown)
     };
     let (metrics, registry) = metrics::Metrics::new(cluster.requests().clone());
     let recorder = Recorder::new(
@@ -150,7 +154,6 @@ pub async fn run(
         metrics: metrics.clone(),
         recorder,
         state_dir,
-        cancel: shutdown.clone(),
         max_file_bytes: crate::load::Limits::default().max_file_bytes,
     });
     let handles: Vec<Arc<SourceHandle>> = config
@@ -165,7 +168,8 @@ pub async fn run(
             tokio::spawn(source::run(
                 handle.clone(),
                 context.clone(),
-                leadership.is_leader.clone(),
+                leadership.term.clone(),
+                shutdown.clone(),
             ))
         })
         .collect();
@@ -175,7 +179,7 @@ pub async fn run(
         registry,
         webhook_secret,
         deliveries: Mutex::new(webhook::Deliveries::default()),
-        is_leader: leadership.is_leader.clone(),
+        term: leadership.term.clone(),
     });
     tracing::info!(
         listen = %options.listen,
@@ -194,7 +198,7 @@ pub async fn run(
             tracing::error!(error = %err, "a source task failed");
         }
     }
-    leadership.release().await;
+    leadership.stopped().await;
     tracing::info!("agent stopped");
     Ok(())
 }

@@ -42,11 +42,11 @@ impl Trigger {
 /// What one pass does for the triggers it serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Work {
-    /// Ask the remote for its head; fetch, validate, plan and apply when it moved. `force`
-    /// plans and applies even when the head is the commit applied last (startup, a manual
-    /// sync, a retry): the cluster may have moved while nobody looked.
+    /// Ask the remote for its head, then do what the source's state says (deploy a new or
+    /// owed commit). `force` plans the head even when it is the commit applied last (startup,
+    /// a manual sync): the cluster may have moved while nobody looked.
     Sync { force: bool },
-    /// Only compare the cluster with the commit applied last.
+    /// Only compare the cluster with the commit it is at (or retry a commit owed).
     Drift,
     /// Only plan the pull requests waiting (every pass plans them after its work).
     PullRequests,
@@ -75,7 +75,7 @@ impl Pending {
         let triggers: Vec<Trigger> = std::mem::take(&mut self.0).into_iter().collect();
         let force = triggers
             .iter()
-            .any(|t| matches!(t, Trigger::Startup | Trigger::Manual | Trigger::Retry));
+            .any(|t| matches!(t, Trigger::Startup | Trigger::Manual));
         let work = if triggers == [Trigger::Drift] {
             Work::Drift
         } else if triggers == [Trigger::PullRequest] {
@@ -151,13 +151,17 @@ mod tests {
     }
 
     #[test]
-    fn startup_manual_and_retry_force_a_pass_and_drift_alone_only_compares() {
-        for trigger in [Trigger::Startup, Trigger::Manual, Trigger::Retry] {
+    fn startup_and_manual_force_a_pass_and_drift_alone_only_compares() {
+        for trigger in [Trigger::Startup, Trigger::Manual] {
             let mut pending = Pending::default();
             pending.add(Trigger::Poll);
             pending.add(trigger);
             assert_eq!(pending.take().unwrap().0, Work::Sync { force: true });
         }
+        // A retry asks the remote like a poll; what is owed is the state's to know.
+        let mut pending = Pending::default();
+        pending.add(Trigger::Retry);
+        assert_eq!(pending.take().unwrap().0, Work::Sync { force: false });
         let mut pending = Pending::default();
         pending.add(Trigger::Drift);
         pending.add(Trigger::Drift);

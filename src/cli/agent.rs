@@ -88,7 +88,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .on_thread_park(agent::source::collect_after_pass)
+        .on_thread_park(agent::memory::collect_after_pass)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async {

