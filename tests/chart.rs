@@ -222,7 +222,7 @@ fn agent_requests(
         RELEASE_NAMESPACE,
     ));
     out.push(access("get", "coordination.k8s.io", "leases", RELEASE_NAMESPACE).named(lease));
-    out.push(access("patch", "coordination.k8s.io", "leases", RELEASE_NAMESPACE).named(lease));
+    out.push(access("update", "coordination.k8s.io", "leases", RELEASE_NAMESPACE).named(lease));
     for (ns, name) in inventories {
         out.push(access("get", "", "configmaps", ns).named(name));
         // The pre-write RBAC check asks without a name (src/cluster/mod.rs `may`).
@@ -1100,7 +1100,7 @@ fn the_chart_lints_and_renders() {
         lease_role["rules"],
         json!([
             {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
-            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["meshops"], "verbs": ["get", "patch"]},
+            {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["meshops"], "verbs": ["get", "update"]},
         ])
     );
     let service = rendered.one("Service");
