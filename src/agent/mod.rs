@@ -11,7 +11,6 @@ pub mod drift;
 pub mod http;
 pub mod leader;
 pub mod metrics;
-pub mod report;
 pub mod schedule;
 pub mod source;
 pub mod webhook;
@@ -140,9 +139,16 @@ pub async fn run(
             instance: Some(options.identity.clone()),
         },
     );
-    let reporter: Arc<dyn report::Reporter> = match &config.github {
-        Some(access) => Arc::new(crate::github::GitHub::connect(access)?),
-        None => Arc::new(report::Silent),
+    let reports = match &config.github {
+        Some(access) => Some(crate::report::Queue::spawn(
+            Arc::new(crate::github::GitHub::connect(access)?),
+            shutdown.clone(),
+        )),
+        None => None,
+    };
+    let reporter: Arc<dyn crate::report::Reporter> = match &reports {
+        Some(queue) => queue.clone(),
+        None => Arc::new(crate::report::Silent),
     };
     let context = Arc::new(Context {
         cluster,
@@ -195,6 +201,9 @@ pub async fn run(
         }
     }
     leadership.release().await;
+    if let Some(queue) = reports {
+        queue.drained().await;
+    }
     tracing::info!("agent stopped");
     Ok(())
 }

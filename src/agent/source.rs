@@ -17,7 +17,6 @@ use tracing::Instrument;
 
 use super::drift::Drift;
 use super::metrics::Metrics;
-use super::report::{self, PlanReport, Reporter, State, Status};
 use super::schedule::{jittered, Backoff, Pending, Trigger, Work};
 use crate::cluster::sync::{Progress, SyncOptions};
 use crate::cluster::Cluster;
@@ -27,6 +26,7 @@ use crate::model::agent::{Credentials, GitRef, SourceConfig};
 use crate::plan::{Action, ObjectRef};
 use crate::reconcile::{self, Pass, ReconcileError};
 use crate::render::Object;
+use crate::report::{self, PlanReport, Reporter, State, Status};
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]
