@@ -5,7 +5,8 @@
 //! [`render`] turns them into Kubernetes objects and [`plan`] compares those with the cluster
 //! that [`cluster`] reads and writes; [`reconcile`] is one pass through all of it, and the
 //! [`cli`] wires the stages to commands. [`git`] reads commits of a remote repository without
-//! a working tree.
+//! a working tree. [`report`] words what the agent tells GitHub and queues it off the deploy
+//! path; [`github`] posts it.
 
 pub mod agent;
 pub mod cli;
@@ -17,4 +18,5 @@ pub mod model;
 pub mod plan;
 pub mod reconcile;
 pub mod render;
+pub mod report;
 pub mod validate;

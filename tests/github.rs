@@ -1,14 +1,19 @@
 //! The GitHub reporter against a local stand-in for the REST API (tests/support/github.rs):
-//! what it sends, where, with which credentials, and how it retries.
+//! what it sends, where, with which credentials, and how it retries; and the report queue in
+//! front of it, which keeps GitHub off the deploy path.
 
 mod support;
 
 use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use meshops::agent::report::{self, Annotation, PlanReport, State, Status};
+use futures::FutureExt;
 use meshops::github::{GitHub, GithubError};
 use meshops::model::agent::{GithubAccess, GithubApp};
+use meshops::report::{self, Annotation, PlanReport, Queue, ReportError, Reporter, State, Status};
 use support::github::FakeGithub;
+use tokio_util::sync::CancellationToken;
 
 const REPO: &str = "acme/functions";
 const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -69,6 +74,9 @@ async fn rate_limits_and_server_errors_are_retried_as_github_asks() {
     let (fake, github, _dir) = token_client().await;
     fake.fail_next(502, vec![]);
     fake.fail_next(429, vec![("retry-after", "1".into())]);
+    let status = Status::new("sync", "prod", State::Pending, "applying");
+    github.post_status(REPO, SHA, &status).await.unwrap();
+    assert_eq!(fake.requests().len(), 3, "two refusals, then the status");
     let reset = (jiff::Timestamp::now().as_second() + 1).to_string();
     fake.fail_next(
         403,
@@ -79,8 +87,52 @@ async fn rate_limits_and_server_errors_are_retried_as_github_asks() {
     );
     let status = Status::new("sync", "prod", State::Success, "applied");
     github.post_status(REPO, SHA, &status).await.unwrap();
-    assert_eq!(fake.requests().len(), 4, "three refusals, then the status");
-    assert_eq!(fake.statuses().len(), 4);
+    assert_eq!(fake.statuses().len(), 5);
+    assert_eq!(
+        fake.states_on(SHA, "meshops/sync/prod"),
+        ["pending", "success"]
+    );
+}
+
+#[tokio::test]
+async fn a_request_that_keeps_failing_is_left_for_later_not_refused() {
+    let (fake, github, _dir) = token_client().await;
+    for _ in 0..3 {
+        fake.fail_next(502, vec![]);
+    }
+    let status = Status::new("sync", "prod", State::Success, "applied");
+    let err = github.post_status(REPO, SHA, &status).await.unwrap_err();
+    assert_eq!(
+        fake.requests().len(),
+        3,
+        "three tries, then the queue's turn"
+    );
+    assert!(matches!(err, GithubError::Refused { .. }), "{err}");
+    assert!(
+        matches!(ReportError::from(err), ReportError::Unavailable { .. }),
+        "a 5xx is worth another try later"
+    );
+    fake.fail_next(404, vec![]);
+    let err = github.post_status(REPO, SHA, &status).await.unwrap_err();
+    assert!(
+        matches!(ReportError::from(err), ReportError::Refused { .. }),
+        "a 404 is not"
+    );
+}
+
+#[tokio::test]
+async fn a_request_is_bounded_in_time() {
+    let (fake, github, _dir) = token_client().await;
+    let github = github.with_request_timeout(Duration::from_millis(200));
+    fake.set_hold(true);
+    let status = Status::new("sync", "prod", State::Success, "applied");
+    let err = github.post_status(REPO, SHA, &status).await.unwrap_err();
+    assert!(matches!(err, GithubError::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("no answer within"), "{err}");
+    assert!(matches!(
+        ReportError::from(err),
+        ReportError::Unavailable { .. }
+    ));
 }
 
 #[tokio::test]
@@ -401,4 +453,147 @@ async fn plan_posts_its_comment_and_status_on_a_pull_request_from_ci() {
     })
     .await
     .unwrap();
+}
+
+/// Waits until `condition` holds, for at most a minute (what is awaited takes seconds).
+async fn eventually(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !condition() {
+        assert!(Instant::now() < deadline, "waited a minute for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_comment_whose_answer_was_lost_is_found_not_posted_twice() {
+    let (fake, github, _dir) = token_client().await;
+    let github = github.with_request_timeout(Duration::from_millis(500));
+    // GitHub creates the comment but its answer never arrives.
+    fake.answer_late("POST", "/comments", Duration::from_secs(3600));
+    github
+        .post_plan(REPO, &plan(report::split("prod", "### plan one")))
+        .await
+        .unwrap();
+    let comments = fake.comments(7);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert!(comments[0].ends_with("### plan one"), "{comments:?}");
+    let methods: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/comments"))
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(
+        methods,
+        ["GET", "POST", "GET", "PATCH"],
+        "looked up again after the lost answer, then edited"
+    );
+}
+
+#[tokio::test]
+async fn a_check_run_whose_answer_was_lost_is_found_not_posted_twice() {
+    let (fake, github, _dir) = app_client(3600).await;
+    let github = github.with_request_timeout(Duration::from_millis(500));
+    fake.answer_late("POST", "/check-runs", Duration::from_secs(3600));
+    let mut report = plan(report::split("prod", "### invalid"));
+    report.annotations = (1..=60)
+        .map(|line| Annotation {
+            path: "deploy/fn.yaml".into(),
+            line,
+            title: "schema".into(),
+            message: format!("problem {line}"),
+        })
+        .collect();
+    github.post_plan(REPO, &report).await.unwrap();
+    let runs = fake.0.lock().unwrap().check_runs.clone();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    let methods: Vec<String> = fake
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/check-runs"))
+        .map(|r| r.method.clone())
+        .collect();
+    assert_eq!(
+        methods,
+        ["POST", "GET", "PATCH"],
+        "the rest of the annotations"
+    );
+}
+
+fn queue(github: GitHub) -> Arc<Queue> {
+    Queue::spawn(Arc::new(github), CancellationToken::new())
+}
+
+#[tokio::test]
+async fn the_queue_returns_at_once_while_github_hangs_and_posts_when_it_answers() {
+    let (fake, github, _dir) = token_client().await;
+    let queue = queue(github);
+    fake.set_hold(true);
+    let status = Status::new("sync", "prod", State::Pending, "applying");
+    let call = queue.status(REPO, SHA, status);
+    assert!(
+        call.now_or_never().is_some(),
+        "the deploy does not wait for GitHub"
+    );
+    let call = queue.plan(REPO, plan(report::split("prod", "### plan")));
+    assert!(call.now_or_never().is_some());
+    eventually("the status request to reach GitHub", || fake.waiting() == 1).await;
+    assert!(fake.states_on(SHA, "meshops/sync/prod").is_empty());
+
+    fake.set_hold(false);
+    queue.drained().await;
+    assert_eq!(fake.states_on(SHA, "meshops/sync/prod"), ["pending"]);
+    assert_eq!(fake.comments(7).len(), 1);
+}
+
+#[tokio::test]
+async fn while_github_is_down_only_the_newest_state_is_kept_and_posted_when_it_is_back() {
+    let (fake, github, _dir) = token_client().await;
+    let queue = queue(github);
+    fake.set_down(true);
+    let context = "meshops/sync/prod";
+    queue
+        .status(
+            REPO,
+            SHA,
+            Status::new("sync", "prod", State::Pending, "applying"),
+        )
+        .await;
+    eventually("a first refusal", || !fake.requests().is_empty()).await;
+    queue
+        .status(
+            REPO,
+            SHA,
+            Status::new("sync", "prod", State::Success, "applied"),
+        )
+        .await;
+    // The client's three tries of `pending` are refused; `success` is waiting, so `pending`
+    // is not tried again.
+    eventually("three refusals", || fake.requests().len() >= 3).await;
+    fake.set_down(false);
+    queue.drained().await;
+    assert_eq!(fake.states_on(SHA, context), ["success"]);
+    assert_eq!(queue.dropped(), 0);
+}
+
+#[tokio::test]
+async fn reports_go_out_once_github_recovers_from_a_spell_of_errors() {
+    let (fake, github, _dir) = token_client().await;
+    let queue = queue(github);
+    fake.set_down(true);
+    let status = Status::new("sync", "prod", State::Success, "applied");
+    queue.status(REPO, SHA, status).await;
+    queue
+        .plan(REPO, plan(report::split("prod", "### plan")))
+        .await;
+    // More refusals than the client's own three tries: the queue tried again.
+    eventually("a retry by the queue", || fake.requests().len() >= 5).await;
+    assert!(fake.states_on(SHA, "meshops/sync/prod").is_empty());
+    fake.set_down(false);
+    queue.drained().await;
+    assert_eq!(fake.states_on(SHA, "meshops/sync/prod"), ["success"]);
+    assert_eq!(fake.states_on(SHA, "meshops/plan/prod"), ["success"]);
+    let comments = fake.comments(7);
+    assert_eq!(comments.len(), 1, "{comments:?}");
+    assert_eq!(queue.depth(), 0);
 }

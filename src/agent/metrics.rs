@@ -4,7 +4,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
@@ -156,6 +156,43 @@ impl Collector for ApiRequests {
             let labels = [("verb", verb)];
             ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
         }
+        Ok(())
+    }
+}
+
+/// `meshops_report_queue_depth` and `meshops_report_dropped_total`: GitHub reports waiting in
+/// the queue (GitHub slow or down shows here first) and those dropped because a source's
+/// backlog was full.
+pub fn register_reports(registry: &mut Registry, queue: std::sync::Arc<crate::report::Queue>) {
+    registry.register_collector(Box::new(Reports(queue)));
+}
+
+struct Reports(std::sync::Arc<crate::report::Queue>);
+
+impl std::fmt::Debug for Reports {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reports")
+            .field("depth", &self.0.depth())
+            .finish()
+    }
+}
+
+impl Collector for Reports {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let depth = ConstGauge::new(self.0.depth() as i64);
+        depth.encode(encoder.encode_descriptor(
+            "report_queue_depth",
+            "GitHub reports waiting to be sent",
+            None,
+            depth.metric_type(),
+        )?)?;
+        let dropped = ConstCounter::new(self.0.dropped());
+        dropped.encode(encoder.encode_descriptor(
+            "report_dropped",
+            "GitHub reports dropped because a source's backlog was full",
+            None,
+            dropped.metric_type(),
+        )?)?;
         Ok(())
     }
 }

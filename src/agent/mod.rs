@@ -15,7 +15,6 @@ pub mod memory;
 pub mod metrics;
 pub mod pass;
 pub mod pull;
-pub mod report;
 pub mod schedule;
 pub mod source;
 pub mod state;
@@ -136,7 +135,7 @@ pub async fn run(
     } else {
         Leadership::sole(&cluster, &shutdown)
     };
-    let (metrics, registry) = metrics::Metrics::new(cluster.requests().clone());
+    let (metrics, mut registry) = metrics::Metrics::new(cluster.requests().clone());
     let recorder = Recorder::new(
         cluster.client().clone(),
         Reporter {
@@ -144,9 +143,19 @@ pub async fn run(
             instance: Some(options.identity.clone()),
         },
     );
-    let reporter: Arc<dyn report::Reporter> = match &config.github {
-        Some(access) => Arc::new(crate::github::GitHub::connect(access)?),
-        None => Arc::new(report::Silent),
+    let reports = match &config.github {
+        Some(access) => Some(crate::report::Queue::spawn(
+            Arc::new(crate::github::GitHub::connect(access)?),
+            shutdown.clone(),
+        )),
+        None => None,
+    };
+    let reporter: Arc<dyn crate::report::Reporter> = match &reports {
+        Some(queue) => {
+            metrics::register_reports(&mut registry, queue.clone());
+            queue.clone()
+        }
+        None => Arc::new(crate::report::Silent),
     };
     let context = Arc::new(Context {
         cluster,
@@ -199,6 +208,9 @@ pub async fn run(
         }
     }
     leadership.stopped().await;
+    if let Some(queue) = reports {
+        queue.drained().await;
+    }
     tracing::info!("agent stopped");
     Ok(())
 }

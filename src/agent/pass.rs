@@ -13,7 +13,6 @@ use tokio_util::sync::CancellationToken;
 use super::drift::Drift;
 use super::memory::{self, MemoryError};
 use super::metrics::Metrics;
-use super::report::{self, Reporter, State, Status};
 use super::state::{Commit, Failure, Outcome, Rollout};
 use crate::cluster::rollout::{self as rollouts, Rollout as Progress};
 use crate::cluster::sync::{self, SyncError, SyncOptions};
@@ -24,6 +23,7 @@ use crate::model::agent::{Credentials, GitRef, SourceConfig};
 use crate::plan::{Action, ObjectRef, Plan};
 use crate::reconcile::{self, Pass, ReconcileError};
 use crate::render::Object;
+use crate::report::{self, Reporter, State, Status};
 
 /// Why a pass failed.
 #[derive(Debug, thiserror::Error)]

@@ -6,10 +6,10 @@
 use std::collections::BTreeMap;
 
 use super::pass::{Revision, SourceError, Worker};
-use super::report::{self, PlanReport, State, Status};
 use crate::load::Tree;
 use crate::plan::{ObjectRef, Plan};
 use crate::reconcile::{self, ReconcileError};
+use crate::report::{self, PlanReport, State, Status};
 
 impl Worker {
     /// Plans pull request `number` and reports it.

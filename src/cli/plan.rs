@@ -215,7 +215,7 @@ async fn comment_on_github(
     source: &str,
     outcome: Result<(&plan::Plan, &str), &crate::validate::Validation>,
 ) -> anyhow::Result<()> {
-    use crate::agent::report::{self, PlanReport, State, Status};
+    use crate::report::{self, PlanReport, State, Status};
     let (repo, number) = pull_request(target)?;
     let token = std::env::var("GITHUB_TOKEN").context("--github-comment needs $GITHUB_TOKEN")?;
     let api = std::env::var("GITHUB_API_URL")

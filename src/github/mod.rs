@@ -2,11 +2,17 @@
 //! annotations. Authenticated by a token or as a GitHub App installation (octocrab signs the
 //! RS256 JWT and refreshes the installation token before it expires).
 //!
-//! GitHub never stops a sync: 5xx and rate limits are retried with backoff that honours
-//! `Retry-After` and `x-ratelimit-reset`; a 401/403/404 is logged once per repository; the
-//! [`Reporter`] implementation only logs. Tokens never reach a log or an error message.
+//! GitHub is never on the deploy path: the agent reaches this client through
+//! `crate::report::Queue`, whose workers wait for it. Here every request is bounded in time
+//! ([`REQUEST_TIMEOUT`]); requests that may be repeated (reads, edits, deletes, statuses) are
+//! retried a few times on 5xx, rate limits and lost answers, honouring `Retry-After` and
+//! `x-ratelimit-reset`; what is created (a comment, a check run) is never posted twice: after a
+//! failed create it is looked up before another try, since GitHub may have created it and lost
+//! only the answer. What still fails goes back to the queue, which tries again later. Tokens
+//! never reach a log or an error message.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -16,13 +22,17 @@ use http::{Method, StatusCode};
 use octocrab::Octocrab;
 use serde_json::{json, Value};
 
-use crate::agent::report::{Annotation, PlanReport, Reporter, State, Status};
 use crate::model::agent::GithubAccess;
+use crate::report::{Annotation, PlanReport, ReportError, Sink, State, Status};
 
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
-/// Tries of one request before giving up (the first included).
-const ATTEMPTS: u32 = 5;
-/// The longest wait for a rate limit before giving up on a request (the sync goes on).
+/// The longest one request may take, answer included. GitHub itself ends a request after 10 s;
+/// the rest is room for a slow network or proxy (issue 15 saw answers 20 s late). It bounds how
+/// long a source's report worker waits, never a deploy.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Tries of one request before it is left to the queue (the first included).
+const ATTEMPTS: u32 = 3;
+/// The longest wait GitHub may ask for before a try; a longer one is left to the queue.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 /// GitHub takes at most this many annotations per check-run request.
 const ANNOTATIONS_PER_REQUEST: usize = 50;
@@ -49,6 +59,13 @@ pub enum GithubError {
         path: String,
         reason: String,
     },
+    #[error("{method} {path} on {url}: no answer within {after:?}")]
+    Timeout {
+        url: String,
+        method: Method,
+        path: String,
+        after: Duration,
+    },
     #[error("{method} {path} on {url}: HTTP {status}: {message}")]
     Refused {
         url: String,
@@ -56,11 +73,53 @@ pub enum GithubError {
         path: String,
         status: StatusCode,
         message: String,
+        /// When trying again can help (5xx, rate limits): after how long.
+        retry_after: Option<Duration>,
     },
+}
+
+impl GithubError {
+    /// How long to wait before trying the request again, or `None` when that cannot help;
+    /// `backoff` when GitHub did not say.
+    fn retry_in(&self, backoff: Duration) -> Option<Duration> {
+        match self {
+            GithubError::Request { .. } | GithubError::Timeout { .. } => Some(backoff),
+            GithubError::Refused { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// For the queue: what trying again later can fix is `Unavailable`, the rest `Refused`.
+impl From<GithubError> for ReportError {
+    fn from(err: GithubError) -> ReportError {
+        let reason = err.to_string();
+        match err {
+            GithubError::Request { .. } | GithubError::Timeout { .. } => ReportError::Unavailable {
+                reason,
+                retry_after: None,
+            },
+            GithubError::Refused {
+                retry_after: Some(after),
+                ..
+            } => ReportError::Unavailable {
+                reason,
+                retry_after: Some(after),
+            },
+            _ => ReportError::Refused { reason },
+        }
+    }
 }
 
 /// (repository, commit, context) of a status.
 type StatusKey = (String, String, String);
+
+/// What a create found: made now (GitHub's answer), or made by an earlier try whose answer
+/// was lost (its id).
+enum Created {
+    Now(Value),
+    Before(u64),
+}
 
 /// A GitHub API client for reports.
 pub struct GitHub {
@@ -69,10 +128,9 @@ pub struct GitHub {
     target_url: Option<String>,
     /// Check runs need a GitHub App.
     app: bool,
+    request_timeout: Duration,
     /// The last state posted per (repository, commit, context): not posted again.
     posted: Mutex<HashMap<StatusKey, (State, String)>>,
-    /// Repositories that refused us (401/403/404), each logged once.
-    refused: Mutex<HashSet<String>>,
 }
 
 fn read(path: &Path) -> Result<String, GithubError> {
@@ -95,8 +153,7 @@ impl GitHub {
         let builder = Octocrab::builder()
             .base_uri(api_url)
             .map_err(|e| client(e.to_string()))?
-            .set_connect_timeout(Some(Duration::from_secs(10)))
-            .set_read_timeout(Some(Duration::from_secs(30)));
+            .set_connect_timeout(Some(Duration::from_secs(10)));
         let (crab, app) = match (&access.token_file, &access.token_env, &access.app) {
             (Some(file), None, None) => (builder.personal_token(read(file)?), false),
             (None, Some(var), None) => {
@@ -144,13 +201,76 @@ impl GitHub {
             api_url: api_url.trim_end_matches('/').to_owned(),
             target_url: target_url.clone(),
             app,
+            request_timeout: REQUEST_TIMEOUT,
             posted: Mutex::default(),
-            refused: Mutex::default(),
         }
     }
 
-    /// One request, retried on 5xx, 429 and an exhausted rate limit (waiting what
-    /// `Retry-After` or `x-ratelimit-reset` says, else 1 s, 2 s, 4 s …); the JSON answer.
+    /// The same client with another bound on each request than [`REQUEST_TIMEOUT`].
+    pub fn with_request_timeout(mut self, timeout: Duration) -> GitHub {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// One request within `request_timeout`: the JSON answer of a 2xx, else an error that
+    /// says whether trying again can help (`backoff`: the wait when GitHub does not say).
+    async fn send_once(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<&Value>,
+        backoff: Duration,
+    ) -> Result<Value, GithubError> {
+        let failure = |reason: String| GithubError::Request {
+            url: self.api_url.clone(),
+            method: method.clone(),
+            path: path.to_owned(),
+            reason,
+        };
+        let exchange = async {
+            let response = match *method {
+                Method::POST => self.crab._post(path, body).await,
+                Method::PATCH => self.crab._patch(path, body).await,
+                Method::DELETE => self.crab._delete(path, body).await,
+                _ => self.crab._get(path).await,
+            }
+            .map_err(|e| failure(e.to_string()))?;
+            let status = response.status();
+            let retry_after = retry_wait(status, response.headers(), backoff);
+            let text = self
+                .crab
+                .body_to_string(response)
+                .await
+                .map_err(|e| failure(e.to_string()))?;
+            if status.is_success() {
+                return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
+            }
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v["message"].as_str().map(str::to_owned))
+                .unwrap_or_else(|| text.chars().take(200).collect());
+            Err(GithubError::Refused {
+                url: self.api_url.clone(),
+                method: method.clone(),
+                path: path.to_owned(),
+                status,
+                message,
+                retry_after,
+            })
+        };
+        tokio::time::timeout(self.request_timeout, exchange)
+            .await
+            .map_err(|_| GithubError::Timeout {
+                url: self.api_url.clone(),
+                method: method.clone(),
+                path: path.to_owned(),
+                after: self.request_timeout,
+            })?
+    }
+
+    /// A request that may be sent twice without harm (a read, an edit, a delete, a status):
+    /// retried on 5xx, 429, an exhausted rate limit and a lost answer, waiting what
+    /// `Retry-After` or `x-ratelimit-reset` says, else 1 s, 2 s …
     async fn send(
         &self,
         method: Method,
@@ -160,59 +280,56 @@ impl GitHub {
         let mut backoff = Duration::from_secs(1);
         let mut attempt = 1;
         loop {
-            let failure = |reason: String| GithubError::Request {
-                url: self.api_url.clone(),
-                method: method.clone(),
-                path: path.to_owned(),
-                reason,
+            let err = match self.send_once(&method, path, body, backoff).await {
+                Ok(answer) => return Ok(answer),
+                Err(err) => err,
             };
-            let response = match method {
-                Method::POST => self.crab._post(path, body).await,
-                Method::PATCH => self.crab._patch(path, body).await,
-                Method::DELETE => self.crab._delete(path, body).await,
-                _ => self.crab._get(path).await,
-            };
-            let response = match response {
-                Ok(response) => response,
-                Err(err) if attempt < ATTEMPTS => {
-                    tracing::info!(path, attempt, error = %err, "GitHub request failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                    attempt += 1;
-                    continue;
-                }
-                Err(err) => return Err(failure(err.to_string())),
-            };
-            let status = response.status();
-            let wait = retry_wait(status, response.headers(), backoff);
-            let text = self
-                .crab
-                .body_to_string(response)
-                .await
-                .map_err(|e| failure(e.to_string()))?;
-            if status.is_success() {
-                return Ok(serde_json::from_str(&text).unwrap_or(Value::Null));
-            }
-            match wait {
+            match err.retry_in(backoff) {
                 Some(wait) if attempt < ATTEMPTS && wait <= MAX_WAIT => {
-                    tracing::info!(path, %status, attempt, wait = ?wait, "GitHub asked to wait; retrying");
+                    tracing::info!(path, attempt, wait = ?wait, error = %err, "GitHub request failed; retrying");
                     tokio::time::sleep(wait).await;
                     backoff *= 2;
                     attempt += 1;
                 }
-                _ => {
-                    let message = serde_json::from_str::<Value>(&text)
-                        .ok()
-                        .and_then(|v| v["message"].as_str().map(str::to_owned))
-                        .unwrap_or_else(|| text.chars().take(200).collect());
-                    return Err(GithubError::Refused {
-                        url: self.api_url.clone(),
-                        method,
-                        path: path.to_owned(),
-                        status,
-                        message,
-                    });
+                _ => return Err(err),
+            }
+        }
+    }
+
+    /// Creates something with a POST to `path`. A POST whose answer is lost may still have
+    /// created it, so before every try after the first `find` looks for it; what it finds is
+    /// used instead of posting again. Never a twin.
+    async fn create<F, Found>(
+        &self,
+        path: &str,
+        body: &Value,
+        find: F,
+    ) -> Result<Created, GithubError>
+    where
+        F: Fn() -> Found,
+        Found: Future<Output = Result<Option<u64>, GithubError>>,
+    {
+        let mut backoff = Duration::from_secs(1);
+        let mut attempt = 1;
+        loop {
+            let err = match self
+                .send_once(&Method::POST, path, Some(body), backoff)
+                .await
+            {
+                Ok(answer) => return Ok(Created::Now(answer)),
+                Err(err) => err,
+            };
+            match err.retry_in(backoff) {
+                Some(wait) if attempt < ATTEMPTS && wait <= MAX_WAIT => {
+                    tracing::info!(path, attempt, wait = ?wait, error = %err, "GitHub create failed; looking it up before trying again");
+                    tokio::time::sleep(wait).await;
+                    if let Some(id) = find().await? {
+                        return Ok(Created::Before(id));
+                    }
+                    backoff *= 2;
+                    attempt += 1;
                 }
+                _ => return Err(err),
             }
         }
     }
@@ -253,17 +370,15 @@ impl GitHub {
         Ok(())
     }
 
-    /// The sticky comment of `source` on pull request `number`: each part found by its hidden
-    /// marker and edited in place, missing parts created, surplus parts of a longer earlier
-    /// plan deleted — never a duplicate.
-    pub async fn sticky_comment(
+    /// The parts of `source`'s sticky comment on pull request `number`, by part number: their
+    /// comment ids, found by their hidden markers.
+    async fn sticky_parts(
         &self,
         repo: &str,
         number: u64,
         source: &str,
-        parts: &[String],
-    ) -> Result<(), GithubError> {
-        let mut existing: HashMap<usize, u64> = HashMap::new();
+    ) -> Result<HashMap<usize, u64>, GithubError> {
+        let mut parts: HashMap<usize, u64> = HashMap::new();
         let mut page = 1;
         loop {
             let path = format!("/repos/{repo}/issues/{number}/comments?per_page=100&page={page}");
@@ -272,32 +387,76 @@ impl GitHub {
             for comment in &comments {
                 let body = comment["body"].as_str().unwrap_or_default();
                 if let (Some(part), Some(id)) = (part_of(source, body), comment["id"].as_u64()) {
-                    existing.entry(part).or_insert(id);
+                    parts.entry(part).or_insert(id);
                 }
             }
             if comments.len() < 100 {
-                break;
+                return Ok(parts);
             }
             page += 1;
         }
+    }
+
+    /// The sticky comment of `source` on pull request `number`: each part found by its hidden
+    /// marker and edited in place, missing parts created, surplus parts of a longer earlier
+    /// plan deleted — never a duplicate, even when a create's answer is lost.
+    pub async fn sticky_comment(
+        &self,
+        repo: &str,
+        number: u64,
+        source: &str,
+        parts: &[String],
+    ) -> Result<(), GithubError> {
+        let mut existing = self.sticky_parts(repo, number, source).await?;
         for (index, body) in parts.iter().enumerate() {
+            let part = index + 1;
             let payload = json!({ "body": body });
-            match existing.remove(&(index + 1)) {
-                Some(id) => {
-                    let path = format!("/repos/{repo}/issues/comments/{id}");
-                    self.send(Method::PATCH, &path, Some(&payload)).await?;
-                }
+            let id = match existing.remove(&part) {
+                Some(id) => id,
                 None => {
                     let path = format!("/repos/{repo}/issues/{number}/comments");
-                    self.send(Method::POST, &path, Some(&payload)).await?;
+                    let find = move || async move {
+                        let found = self.sticky_parts(repo, number, source).await?;
+                        Ok::<_, GithubError>(found.get(&part).copied())
+                    };
+                    match self.create(&path, &payload, find).await? {
+                        Created::Now(_) => continue,
+                        Created::Before(id) => id,
+                    }
                 }
-            }
+            };
+            let path = format!("/repos/{repo}/issues/comments/{id}");
+            self.send(Method::PATCH, &path, Some(&payload)).await?;
         }
         for id in existing.into_values() {
             let path = format!("/repos/{repo}/issues/comments/{id}");
-            self.send(Method::DELETE, &path, None).await?;
+            if let Err(err) = self.send(Method::DELETE, &path, None).await {
+                // Gone already: deleted by an earlier try whose answer was lost, or by a person.
+                let gone = matches!(&err, GithubError::Refused { status, .. } if *status == StatusCode::NOT_FOUND);
+                if !gone {
+                    return Err(err);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// The id of the check run `name` on commit `sha`, if there is one.
+    async fn find_check_run(
+        &self,
+        repo: &str,
+        sha: &str,
+        name: &str,
+    ) -> Result<Option<u64>, GithubError> {
+        let path = format!(
+            "/repos/{repo}/commits/{sha}/check-runs?check_name={}&filter=latest",
+            encode_query(name)
+        );
+        let listed = self.send(Method::GET, &path, None).await?;
+        Ok(listed["check_runs"]
+            .as_array()
+            .and_then(|runs| runs.iter().find(|run| run["name"] == name))
+            .and_then(|run| run["id"].as_u64()))
     }
 
     /// A completed check run whose annotations put every validation error at its file and
@@ -325,17 +484,18 @@ impl GitHub {
         };
         let mut chunks = annotations.chunks(ANNOTATIONS_PER_REQUEST);
         let first = chunks.next().unwrap_or(&[]);
-        let created = self
-            .send(
-                Method::POST,
-                &format!("/repos/{repo}/check-runs"),
-                Some(
-                    &json!({"name": name, "head_sha": sha, "status": "completed",
-                             "conclusion": conclusion, "output": output(first)}),
-                ),
-            )
-            .await?;
-        let Some(id) = created["id"].as_u64() else {
+        let body = json!({"name": name, "head_sha": sha, "status": "completed",
+                          "conclusion": conclusion, "output": output(first)});
+        let find = || self.find_check_run(repo, sha, name);
+        // A run found after a lost answer was created with this same first chunk.
+        let id = match self
+            .create(&format!("/repos/{repo}/check-runs"), &body, find)
+            .await?
+        {
+            Created::Now(created) => created["id"].as_u64(),
+            Created::Before(id) => Some(id),
+        };
+        let Some(id) = id else {
             return Ok(());
         };
         for chunk in chunks {
@@ -369,25 +529,6 @@ impl GitHub {
                 .await?;
         }
         Ok(())
-    }
-
-    /// Logs a failure: a refusal once per repository (it will not heal by itself), anything
-    /// else every time.
-    fn log(&self, repo: &str, err: &GithubError) {
-        if let GithubError::Refused { status, .. } = err {
-            if matches!(status.as_u16(), 401 | 403 | 404) {
-                let first = self
-                    .refused
-                    .lock()
-                    .map(|mut r| r.insert(repo.to_owned()))
-                    .unwrap_or(true);
-                if first {
-                    tracing::error!(repo, error = %err, "GitHub refused the report (logged once for this repository)");
-                }
-                return;
-            }
-        }
-        tracing::warn!(repo, error = %err, "could not report to GitHub");
     }
 }
 
@@ -427,22 +568,36 @@ fn retry_wait(
     status.is_server_error().then_some(backoff)
 }
 
-impl Reporter for GitHub {
-    fn status<'a>(&'a self, repo: &'a str, sha: &'a str, status: Status) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if let Err(err) = self.post_status(repo, sha, &status).await {
-                self.log(repo, &err);
-            }
-        })
+/// The queue's way to GitHub: failures are returned, for the queue to retry or drop.
+impl Sink for GitHub {
+    fn status<'a>(
+        &'a self,
+        repo: &'a str,
+        sha: &'a str,
+        status: &'a Status,
+    ) -> BoxFuture<'a, Result<(), ReportError>> {
+        Box::pin(async move { Ok(self.post_status(repo, sha, status).await?) })
     }
 
-    fn plan<'a>(&'a self, repo: &'a str, plan: PlanReport) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            if let Err(err) = self.post_plan(repo, &plan).await {
-                self.log(repo, &err);
-            }
-        })
+    fn plan<'a>(
+        &'a self,
+        repo: &'a str,
+        plan: &'a PlanReport,
+    ) -> BoxFuture<'a, Result<(), ReportError>> {
+        Box::pin(async move { Ok(self.post_plan(repo, plan).await?) })
     }
+}
+
+/// `text` as a query-string value: what is not unreserved is percent-encoded.
+fn encode_query(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 #[cfg(test)]

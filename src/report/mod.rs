@@ -1,13 +1,20 @@
-//! What the agent tells GitHub, as values: commit statuses, pull-request plans. The agent
-//! talks to a [`Reporter`]; `crate::github` is the one that speaks to GitHub. Everything here
-//! but the trait is pure text-making, tested with plain values.
+//! What the agent tells GitHub, as values: commit statuses, pull-request plans, and the text
+//! they carry. The agent talks to a [`Reporter`]; [`Queue`] is the one it is given, which hands
+//! the reports to a [`Sink`] (`crate::github`) in the background so that GitHub is never on
+//! the deploy path. Everything here but the traits and the queue is pure text-making, tested
+//! with plain values; this module knows neither the agent nor GitHub's wire protocol.
+
+mod queue;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
 use crate::plan::{Action, Plan};
 use crate::validate::{Severity, Validation};
+
+pub use queue::{Queue, QueueOptions};
 
 /// GitHub's limit on a status description.
 pub const DESCRIPTION_CHARS: usize = 140;
@@ -50,6 +57,16 @@ impl Status {
             description: bounded(description, DESCRIPTION_CHARS),
         }
     }
+
+    /// The source the status is about: the last part of `meshops/<kind>/<source>` (the whole
+    /// context for one made by hand).
+    pub fn source(&self) -> &str {
+        let mut parts = self.context.splitn(3, '/');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(_), Some(_), Some(source)) => source,
+            _ => &self.context,
+        }
+    }
 }
 
 /// A problem to show at its line in the pull request's diff.
@@ -73,8 +90,8 @@ pub struct PlanReport {
     pub annotations: Vec<Annotation>,
 }
 
-/// Where the agent's reports go. Reporting never fails a sync: implementations retry and
-/// log, and return nothing.
+/// Where the agent's reports go. Reporting never fails a sync and never holds one up: the
+/// futures return nothing, and [`Queue`] returns them at once.
 pub trait Reporter: Send + Sync {
     fn status<'a>(&'a self, repo: &'a str, sha: &'a str, status: Status) -> BoxFuture<'a, ()>;
     fn plan<'a>(&'a self, repo: &'a str, plan: PlanReport) -> BoxFuture<'a, ()>;
@@ -91,6 +108,39 @@ impl Reporter for Silent {
     fn plan<'a>(&'a self, _: &'a str, _: PlanReport) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+}
+
+/// Why a report did not reach its destination, as far as the [`Queue`] needs to know: whether
+/// trying again later can help.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    /// No answer in time, a broken connection, a 5xx or a rate limit: worth another try,
+    /// not before `retry_after` when the service said so.
+    #[error("{reason}")]
+    Unavailable {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
+    /// The service said no in a way that trying again will not change (credentials, a
+    /// repository that does not exist or is not ours, a request it does not take).
+    #[error("{reason}")]
+    Refused { reason: String },
+}
+
+/// Where a [`Queue`] delivers, one report at a time per source: the real reporter (GitHub).
+/// Unlike [`Reporter`], it says whether the report arrived, so the queue knows what to retry.
+pub trait Sink: Send + Sync {
+    fn status<'a>(
+        &'a self,
+        repo: &'a str,
+        sha: &'a str,
+        status: &'a Status,
+    ) -> BoxFuture<'a, Result<(), ReportError>>;
+    fn plan<'a>(
+        &'a self,
+        repo: &'a str,
+        plan: &'a PlanReport,
+    ) -> BoxFuture<'a, Result<(), ReportError>>;
 }
 
 /// At most `max` characters, with an ellipsis when cut.
@@ -349,6 +399,12 @@ mod tests {
         assert_eq!(status.description.chars().count(), DESCRIPTION_CHARS);
         assert!(status.description.ends_with('…'));
         assert_eq!(bounded("first line\nsecond", 140), "first line");
+        assert_eq!(status.source(), "prod");
+        let by_hand = Status {
+            context: "ci".into(),
+            ..status
+        };
+        assert_eq!(by_hand.source(), "ci");
     }
 
     #[test]
