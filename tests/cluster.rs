@@ -130,6 +130,11 @@ async fn a_reapply_without_changes_costs_lists_only_and_writes_nothing() {
         Some(kinds_and_namespaces.len() as u64),
         "one LIST per kind and namespace"
     );
+    assert_eq!(
+        cluster.requests().retries(),
+        0,
+        "nothing failed, nothing retried"
+    );
     eprintln!("cost of a no-change plan of examples/staging: {requests:?}");
 }
 
@@ -227,6 +232,39 @@ async fn a_refused_delete_stays_in_the_inventory() {
         .find("ConfigMap", "meshops-inventory-staging")
         .unwrap();
     assert!(inventory["data"]["objects"]
+        .as_str()
+        .unwrap()
+        .contains("\"name\":\"notifier\""));
+}
+
+#[tokio::test]
+async fn a_prune_leaves_an_object_created_anew_since_the_plan_alone() {
+    let (server, cluster) = fresh().await;
+    apply(&cluster, &desired(&staging())).await;
+    let remaining: Vec<Object> = desired(&staging())
+        .into_iter()
+        .filter(|o| !o.name().starts_with("notifier"))
+        .collect();
+    let (live, plan) = plan_against(&cluster, &remaining).await;
+    assert_eq!(plan.count(Action::Delete), 3);
+    // Between plan and prune someone deletes the Function and creates one of the same name.
+    for object in server.0.lock().unwrap().objects.values_mut() {
+        if object["kind"] == "Function" && object["metadata"]["name"] == "notifier" {
+            object["metadata"]["uid"] = json!("uid-someone-else");
+        }
+    }
+    let report = sync::execute(&cluster, &plan, &remaining, &live, &options())
+        .await
+        .unwrap();
+    let function = server.find("Function", "notifier").expect("not deleted");
+    assert_eq!(function["metadata"]["uid"], "uid-someone-else");
+    assert!(server.find("StatefulSet", "notifier-function").is_none());
+    assert!(report.failed_deletes.is_empty());
+    // The object meshops planned to delete is gone; the new one is not meshops's.
+    let inventory = server
+        .find("ConfigMap", "meshops-inventory-staging")
+        .unwrap();
+    assert!(!inventory["data"]["objects"]
         .as_str()
         .unwrap()
         .contains("\"name\":\"notifier\""));

@@ -156,6 +156,13 @@ impl Collector for ApiRequests {
             let labels = [("verb", verb)];
             ConstCounter::new(count).encode(family.encode_family(&labels)?)?;
         }
+        let retries = ConstCounter::new(self.0.retries());
+        retries.encode(encoder.encode_descriptor(
+            "api_retries",
+            "Requests to the Kubernetes API server sent again by the retry layer",
+            None,
+            retries.metric_type(),
+        )?)?;
         Ok(())
     }
 }

@@ -1,19 +1,23 @@
 //! The kube adapter: discovery, live state by label, server-side apply and dry-run, delete.
 //!
 //! Every request goes through one client whose service stack counts requests by verb, so the
-//! cost of a plan or an apply is measurable (`meshops plan -v` prints it). The plan itself is
+//! cost of a plan or an apply is measurable (`meshops plan -v` prints it), and retries
+//! transient failures and holds the write fence in one place ([`retry`]). The plan itself is
 //! pure (`crate::plan`); this module only fetches what it needs and executes it.
 
 pub mod inventory;
+pub mod retry;
 pub mod rollout;
 pub mod sync;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use http::Request;
 use kube::api::{
-    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PropagationPolicy,
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, Preconditions,
+    PropagationPolicy,
 };
 use kube::client::{Body, ClientBuilder};
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -21,13 +25,20 @@ use kube::core::{ApiResource, GroupVersion};
 use kube::discovery::Scope;
 use kube::{Client, Config};
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use tower::util::MapRequestLayer;
 
 use crate::plan::{ObjectRef, FIELD_MANAGER};
+use retry::{Fence, RetryLayer, RetryOptions};
 
-/// Requests sent, by verb (`GET`, `LIST`, `PATCH`, `PATCH dry-run`, `DELETE`, …).
+/// Requests sent, by verb (`GET`, `LIST`, `PATCH`, `PATCH dry-run`, `DELETE`, …), each once
+/// however many attempts it took; the attempts sent again are counted apart
+/// ([`RequestCounter::retries`]), so the cost of a pass does not depend on the weather.
 #[derive(Clone, Debug, Default)]
-pub struct RequestCounter(Arc<Mutex<BTreeMap<String, u64>>>);
+pub struct RequestCounter {
+    by_verb: Arc<Mutex<BTreeMap<String, u64>>>,
+    retries: Arc<AtomicU64>,
+}
 
 impl RequestCounter {
     fn record<B>(&self, request: &Request<B>) {
@@ -47,13 +58,18 @@ impl RequestCounter {
             "PATCH" if query.contains("dryRun") => "PATCH dry-run".to_owned(),
             other => other.to_owned(),
         };
-        if let Ok(mut counts) = self.0.lock() {
+        if let Ok(mut counts) = self.by_verb.lock() {
             *counts.entry(verb).or_default() += 1;
         }
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, u64> {
-        self.0.lock().map(|c| c.clone()).unwrap_or_default()
+        self.by_verb.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Attempts sent again by the retry layer (not in [`RequestCounter::snapshot`]).
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
     }
 
     /// Requests that change the cluster (dry-runs excluded).
@@ -112,8 +128,6 @@ impl std::fmt::Display for Call {
 /// each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("fenced {endpoint}")]
-    Fenced { endpoint: Endpoint },
     #[error("cannot load kubeconfig: {0}")]
     Kubeconfig(String),
     #[error("cannot use the kubeconfig's cluster {endpoint}: {message}")]
@@ -166,6 +180,16 @@ pub enum ClusterError {
         code: u16,
         message: String,
     },
+    /// The write fence ([`Cluster::fence`]) is closed: the request was refused before it was
+    /// sent (or before it was sent again).
+    #[error(
+        "stopped before {request} on {endpoint}: this replica is shutting down or lost the \
+         leader Lease, and writes nothing more"
+    )]
+    Fenced {
+        endpoint: Endpoint,
+        request: Box<Call>,
+    },
 }
 
 impl ClusterError {
@@ -185,10 +209,13 @@ impl ClusterError {
         }
     }
 
-    /// Worth another try: conflicts, throttling, server errors and transport failures.
+    /// Worth another try later (a next poll, a next pass): the retry layer spent its budget on
+    /// throttling, server errors or transport failures. A 409 is not: meshops forces its
+    /// applies, so a conflict comes from a precondition (a uid, a resourceVersion) that a
+    /// second copy of the same request fails again.
     pub fn is_transient(&self) -> bool {
         match self {
-            ClusterError::Api { code, .. } => *code == 409 || *code == 429 || *code >= 500,
+            ClusterError::Api { code, .. } => *code == 429 || *code >= 500,
             ClusterError::Unreachable { .. } => true,
             _ => false,
         }
@@ -225,21 +252,32 @@ pub struct Cluster {
     client: Client,
     endpoint: Endpoint,
     requests: RequestCounter,
+    /// Shared with the client's retry layer, so every clone of the client obeys it.
+    fence: Fence,
     served: Arc<Mutex<HashMap<String, Vec<Served>>>>,
 }
 
 impl Cluster {
     /// Connects with the kubeconfig (optionally a context of it) or, inside a pod, the
-    /// service account.
+    /// service account; requests are retried as [`RetryOptions::default`] says.
     pub async fn connect(
         kubeconfig: Option<&std::path::Path>,
         context: Option<&str>,
+    ) -> Result<Cluster, ClusterError> {
+        Cluster::connect_with(kubeconfig, context, RetryOptions::default()).await
+    }
+
+    /// [`Cluster::connect`] with other retry delays and attempt timeout (tests shorten them).
+    pub async fn connect_with(
+        kubeconfig: Option<&std::path::Path>,
+        context: Option<&str>,
+        retries: RetryOptions,
     ) -> Result<Cluster, ClusterError> {
         let options = KubeConfigOptions {
             context: context.map(str::to_owned),
             ..Default::default()
         };
-        let (config, context) = match kubeconfig {
+        let (mut config, context) = match kubeconfig {
             Some(path) => {
                 let file = Kubeconfig::read_from(path)
                     .map_err(|e| ClusterError::Kubeconfig(format!("{}: {e}", path.display())))?;
@@ -276,28 +314,44 @@ impl Cluster {
                 .to_owned(),
             context,
         };
+        // kube's own retry (429, 503 and 504, 15 tries, an uncapped Retry-After, delays up
+        // to 1,000 s, no transport errors) would retry inside ours: ours replaces it.
+        config.default_retry = false;
         let requests = RequestCounter::default();
         let counter = requests.clone();
-        let layer = MapRequestLayer::new(move |request: Request<Body>| {
+        let count = MapRequestLayer::new(move |request: Request<Body>| {
             counter.record(&request);
             request
         });
+        let fence = Fence::default();
+        let retry = RetryLayer::new(retries, fence.clone(), requests.retries.clone());
         let builder = ClientBuilder::try_from(config).map_err(|e| ClusterError::Connect {
             endpoint: endpoint.clone(),
             message: root_cause(&e),
         })?;
-        let client = builder.with_layer(&layer).build();
+        // The counter is outside the retry layer: it sees each request once.
+        let client = builder.with_layer(&retry).with_layer(&count).build();
         Ok(Cluster {
             client,
             endpoint,
             requests,
+            fence,
             served: Arc::default(),
         })
     }
 
-    /// The underlying client, for what the engine does not wrap (tests simulate other writers).
-    pub fn fence(&self, _token: tokio_util::sync::CancellationToken) {}
+    /// Installs the write fence, replacing any previous one, for this cluster and every clone
+    /// of its client: once `token` is cancelled, every request that can change the cluster
+    /// fails at once with [`ClusterError::Fenced`] without being sent, and nothing is retried
+    /// any more. Reads, access reviews, the leader Lease and Events pass (see
+    /// [`retry::changes_cluster`]). The agent cancels it on shutdown or when it loses the
+    /// Lease, so a replica that is no longer the leader writes nothing; without a fence (the
+    /// CLI) nothing is refused.
+    pub fn fence(&self, token: CancellationToken) {
+        self.fence.install(token);
+    }
 
+    /// The underlying client, for what the engine does not wrap (tests simulate other writers).
     pub fn client(&self) -> &Client {
         &self.client
     }
@@ -346,6 +400,14 @@ impl Cluster {
                     message: status.message,
                 },
             },
+            kube::Error::Service(error)
+                if matches!(
+                    error.downcast_ref::<retry::RequestError>(),
+                    Some(retry::RequestError::Fenced)
+                ) =>
+            {
+                ClusterError::Fenced { endpoint, request }
+            }
             other => ClusterError::Unreachable {
                 endpoint,
                 request,
@@ -508,12 +570,26 @@ impl Cluster {
     }
 
     /// Deletes an object; `foreground` waits for its dependents, background does not.
-    pub async fn delete(&self, object: &ObjectRef, foreground: bool) -> Result<(), ClusterError> {
+    ///
+    /// With `uid` (the object as the plan saw it) the server deletes only that object: a
+    /// delete sent again by the retry layer, or one that comes after someone re-created the
+    /// object, must not delete the new one. So a 409 (the precondition failed: another object
+    /// carries the name now) is left alone and counts as done, as a 404 (already gone) does.
+    pub async fn delete(
+        &self,
+        object: &ObjectRef,
+        uid: Option<&str>,
+        foreground: bool,
+    ) -> Result<(), ClusterError> {
         let params = DeleteParams {
             propagation_policy: Some(if foreground {
                 PropagationPolicy::Foreground
             } else {
                 PropagationPolicy::Background
+            }),
+            preconditions: uid.map(|uid| Preconditions {
+                uid: Some(uid.to_owned()),
+                resource_version: None,
             }),
             ..Default::default()
         };
@@ -525,6 +601,10 @@ impl Cluster {
         {
             Ok(_) => Ok(()),
             Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 && uid.is_some() => {
+                tracing::info!(%object, message = %status.message, "not deleted: the object was replaced since the plan");
+                Ok(())
+            }
             Err(e) => Err(self.error("delete", object, e)),
         }
     }

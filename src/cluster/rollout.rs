@@ -128,8 +128,23 @@ pub async fn check(cluster: &Cluster, object: &ObjectRef) -> Result<Rollout, Clu
     Ok(assess(&live, &pods))
 }
 
+/// Where one StatefulSet stands, where a check that failed transiently (after the retry
+/// layer spent its budget: the API server restarting, a network blip) is one more poll
+/// without news, not the end of a rollout that may be going well.
+async fn poll(cluster: &Cluster, object: &ObjectRef) -> Result<Rollout, ClusterError> {
+    match check(cluster, object).await {
+        Err(error) if error.is_transient() => {
+            tracing::warn!(%object, %error, "rollout check failed; trying again at the next poll");
+            Ok(Rollout::Progressing(format!("last check failed: {error}")))
+        }
+        other => other,
+    }
+}
+
 /// Follows the StatefulSets until all are rolled out, a pod fails (at once, naming it), or
-/// `timeout` passes (naming every StatefulSet that is not ready and why).
+/// `timeout` passes (naming every StatefulSet that is not ready and why). A check that fails
+/// transiently is tried again at the next poll; one that fails otherwise (forbidden, fenced)
+/// ends the wait.
 pub async fn wait(
     cluster: &Cluster,
     statefulsets: &[ObjectRef],
@@ -141,7 +156,7 @@ pub async fn wait(
     loop {
         let mut still = Vec::new();
         for object in pending {
-            match check(cluster, &object).await? {
+            match poll(cluster, &object).await? {
                 Rollout::Done => {}
                 Rollout::Failed { pod, reason } => {
                     return Err(RolloutError::PodFailed {

@@ -2,7 +2,6 @@
 //! prune in reverse, record the inventory.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
 
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
@@ -16,8 +15,6 @@ use crate::render::{Object, SOURCE_LABEL};
 /// server, 16 → 32 made a first apply of 1,501 objects 18 % faster (`cargo bench --bench
 /// cluster`). The API server's priority and fairness queues such a burst instead of failing it.
 const CONCURRENCY: usize = 32;
-/// Tries of one request that failed transiently (409 without force, 429, 5xx, timeouts).
-const ATTEMPTS: u32 = 4;
 
 #[derive(Clone, Debug)]
 pub struct SyncOptions {
@@ -189,26 +186,6 @@ pub async fn fetch(
     })
 }
 
-async fn retrying<T, F, Fut>(mut operation: F) -> Result<T, ClusterError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, ClusterError>>,
-{
-    let mut delay = Duration::from_millis(200);
-    let mut attempt = 1;
-    loop {
-        match operation().await {
-            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                tracing::info!(error = %e, attempt, "retrying");
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// Diffs for the changed objects: a server-side dry-run of each (so defaults and webhooks are
 /// accounted for) compared with the live object.
 pub async fn diffs(
@@ -243,7 +220,7 @@ pub async fn diffs(
                     continue;
                 };
                 let target = &with_owner(target, &owners);
-                match retrying(|| cluster.apply(target, true)).await {
+                match cluster.apply(target, true).await {
                     Ok(dry_run) => plan::diff(current, Some(&dry_run)),
                     // An immutable change that the hash did not reveal: show what would change.
                     Err(e) if e.is_immutable() => plan::diff(current, Some(target)),
@@ -254,6 +231,12 @@ pub async fn diffs(
         out.insert(change.object.clone(), text);
     }
     Ok(out)
+}
+
+/// The uid of a live object: a delete of what the plan saw names it, so that it never deletes
+/// an object someone created in its place since.
+fn uid(live: &Value) -> Option<String> {
+    live["metadata"]["uid"].as_str().map(str::to_owned)
 }
 
 /// (namespace, kind, name) of a Function, Source or Sink → its uid.
@@ -516,7 +499,7 @@ pub async fn execute_with(
         // Unchanged objects are settled from their live value without a request or a copy:
         // on an agent's push nearly every object is unchanged, and copying each of them
         // took 0.3 s of a one-Function push at 1,000 functions.
-        let mut batch: Vec<(ObjectRef, Action, Value)> = Vec::new();
+        let mut batch: Vec<(ObjectRef, Action, Value, Option<String>)> = Vec::new();
         for object in desired.iter().filter(|o| o.phase == phase) {
             let reference = ObjectRef::of(&object.value);
             let action = actions.get(&reference).copied().unwrap_or(Action::Create);
@@ -525,17 +508,21 @@ pub async fn execute_with(
                     record_owner(&mut owners, current);
                     fingerprints.insert(reference, fingerprint(current));
                 }
-                _ => batch.push((reference, action, with_owner(&object.value, &owners))),
+                (_, current) => {
+                    // Only a recreate deletes: the uid names the object it replaces.
+                    let uid = current.filter(|_| action == Action::Recreate).and_then(uid);
+                    batch.push((reference, action, with_owner(&object.value, &owners), uid));
+                }
             }
         }
         let results: Vec<Result<(ObjectRef, Action, Value), ClusterError>> = stream::iter(batch)
-            .map(|(reference, action, value)| async move {
+            .map(|(reference, action, value, uid)| async move {
                 let applied = match action {
                     Action::Recreate => {
-                        retrying(|| cluster.delete(&reference, false)).await?;
-                        retrying(|| cluster.apply(&value, false)).await?
+                        cluster.delete(&reference, uid.as_deref(), false).await?;
+                        cluster.apply(&value, false).await?
                     }
-                    _ => retrying(|| cluster.apply(&value, false)).await?,
+                    _ => cluster.apply(&value, false).await?,
                 };
                 Ok((reference, action, applied))
             })
@@ -557,7 +544,8 @@ pub async fn execute_with(
     let mut kept: Vec<InventoryEntry> = Vec::new();
     if options.prune {
         for change in plan.changes.iter().filter(|c| c.action == Action::Delete) {
-            match retrying(|| cluster.delete(&change.object, false)).await {
+            let uid = live.objects.get(&change.object).and_then(uid);
+            match cluster.delete(&change.object, uid.as_deref(), false).await {
                 Ok(()) => {
                     progress.done(&change.object, Action::Delete);
                     report.deleted.push(change.object.clone());
@@ -686,7 +674,7 @@ pub async fn write_status(
                 None => cluster.get(&statefulset).await?,
             };
             let status = super::rollout::cr_status(&live_cr, live_sts.as_ref(), revision, now);
-            retrying(|| cluster.apply_status(&status)).await?;
+            cluster.apply_status(&status).await?;
             Ok(true)
         })
         .buffered(CONCURRENCY)

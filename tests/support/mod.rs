@@ -2,7 +2,8 @@
 //! tests/data/kube-apiserver do: discovery lists, LIST by label selector, server-side apply
 //! (201 on create, 200 on update, nothing persisted on dry-run, a `meshops` managedFields
 //! entry), 404 `namespaces "x" not found` as a Status, the plain-text `404 page not found` of a
-//! CRD that is not installed, 422 on an immutable StatefulSet change, DELETE.
+//! CRD that is not installed, 422 on an immutable StatefulSet change, DELETE (with a uid
+//! precondition: 409 when another object holds the name).
 #![allow(dead_code)]
 
 pub mod agent;
@@ -445,6 +446,18 @@ impl FakeApiServer {
                         "Forbidden",
                         &format!("{plural} \"{name}\" is forbidden: deletion refused"),
                     );
+                }
+                // A uid precondition deletes only the object it names, as the API server does.
+                let options: Value = serde_json::from_slice(&body).unwrap_or_default();
+                let wanted = options["preconditions"]["uid"].as_str();
+                let live_uid = state
+                    .objects
+                    .get(&key(name))
+                    .map(|o| o["metadata"]["uid"].clone());
+                if let (Some(wanted), Some(uid)) = (wanted, &live_uid) {
+                    if uid != wanted {
+                        return status(409, "Conflict", &format!("Operation cannot be fulfilled on {plural} \"{name}\": Precondition failed: UID in precondition: {wanted}, UID in object meta: {}", uid.as_str().unwrap_or_default()));
+                    }
                 }
                 match state.objects.remove(&key(name)) {
                     Some(o) => json_response(200, &o),
