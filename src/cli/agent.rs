@@ -91,17 +91,21 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .on_thread_park(agent::memory::collect_after_pass)
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         match agent::run(config, options, shutdown).await {
-            Ok(()) => Ok(exit::OK),
+            Ok(()) => exit::OK,
             Err(err) => {
                 eprintln!("error: {err}");
-                Ok(exit::INVALID)
+                exit::INVALID
             }
         }
-    })
+    });
+    // Dropping the runtime would wait for every blocking task (a name lookup, a stuck
+    // connect) however long it takes; a stopping pod has its grace period to keep.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(code)
 }
 
 /// SIGTERM (Kubernetes stopping the pod) or Ctrl-C.
