@@ -180,3 +180,54 @@ async fn take_over_applies_what_another_source_owns() {
     let alerts = server.find("Function", "alerts").unwrap();
     assert_eq!(alerts["metadata"]["labels"]["meshops.io/source"], "staging");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apply_completes_one_that_was_interrupted() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let (code, _, err, _dir) = run_against(&server, &["apply", "examples/staging"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    // What a killed apply leaves: an object it wrote, listed, and its revision pending.
+    {
+        let mut state = server.0.lock().unwrap();
+        state.put(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": "leftover", "namespace": "staging",
+                         "labels": {"app.kubernetes.io/managed-by": "meshops", "meshops.io/source": "staging"}},
+        }));
+        state.rewrite("ConfigMap", "meshops-inventory-staging", |inventory| {
+            let mut entries: Vec<serde_json::Value> =
+                serde_json::from_str(inventory["data"]["objects"].as_str().unwrap()).unwrap();
+            entries.push(serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "staging", "name": "leftover"}));
+            inventory["data"]["objects"] = serde_json::to_string(&entries).unwrap().into();
+            inventory["data"]["pending"] = "killed".into();
+        });
+    }
+    let (code, out, err, _dir) = run_against(&server, &["plan", "examples/staging"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("note: an apply of revision killed to source \"staging\" did not finish"),
+        "{err}"
+    );
+    assert!(
+        out.contains("- v1/ConfigMap staging/leftover (removed from the repository)"),
+        "{out}"
+    );
+    let args = ["apply", "examples/staging", "--prune"];
+    let (code, out, err, _dir) = run_against(&server, &args).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("Applied 0 objects, deleted 1."), "{out}");
+    assert!(server.find("ConfigMap", "leftover").is_none());
+    let inventory = server
+        .find("ConfigMap", "meshops-inventory-staging")
+        .unwrap();
+    assert!(inventory["data"].get("pending").is_none(), "{inventory}");
+    assert!(!inventory["data"]["objects"]
+        .as_str()
+        .unwrap()
+        .contains("leftover"));
+    // Settled: the next apply writes nothing.
+    let (code, out, err, _dir) = run_against(&server, &args).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(err.contains(" 0 writes"), "{err}");
+    assert!(!err.contains("did not finish"), "{err}");
+}

@@ -251,6 +251,157 @@ fn dynamic(cluster: &Cluster, gvk: (&str, &str, &str), namespace: &str) -> Api<D
 
 const STS: (&str, &str, &str) = ("apps", "v1", "StatefulSet");
 
+/// Stops an apply after the first phase that applied something: a SIGKILL between phases.
+struct KilledAfterFirstPhase(std::sync::atomic::AtomicBool);
+
+impl sync::Progress for KilledAfterFirstPhase {
+    fn done(&self, _: &ObjectRef, _: Action) {
+        self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn stopped(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// DESIGN §4 against the real server: a pass of source "crash" killed after its first phase
+/// (two ConfigMaps written, the Service not), the ConfigMaps then removed from the desired
+/// state, and the inventory changed by another writer between the next pass's read and its
+/// writes. That pass must see the interrupted one, have its conditional inventory writes
+/// refused and merged, prune both ConfigMaps, and leave nothing of the source unlisted.
+async fn crash_safe_inventory(cluster: &Cluster, kubeconfig: &Path, namespace: &str) {
+    let options = |revision: &str| SyncOptions {
+        source: "crash".into(),
+        inventory_namespace: "default".into(),
+        prune: true,
+        allow_empty: false,
+        revision: revision.into(),
+        take_over: false,
+    };
+    let object = |kind: &str, name: &str| {
+        let mut value = match kind {
+            "ConfigMap" => json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": name}}),
+            _ => json!({"apiVersion": "v1", "kind": "Service",
+                        "spec": {"ports": [{"port": 80}], "selector": {"app": name}}}),
+        };
+        value["metadata"] = json!({
+            "name": name, "namespace": namespace,
+            "labels": {"app.kubernetes.io/managed-by": "meshops", "meshops.io/source": "crash"},
+            "annotations": {"meshops.io/spec-hash": format!("{kind}-{name}")},
+        });
+        Object {
+            phase: if kind == "ConfigMap" { 0 } else { 2 },
+            value,
+        }
+    };
+    let everything = vec![
+        object("ConfigMap", "crash-a"),
+        object("ConfigMap", "crash-b"),
+        object("Service", "crash-svc"),
+    ];
+    let killed = options("killed");
+    let live = sync::fetch(cluster, &everything, &killed).await.unwrap();
+    let first = plan::plan(&everything, &live.objects, &live.inventory);
+    let stop = KilledAfterFirstPhase(Default::default());
+    let error = sync::execute_with(cluster, &first, &everything, &live, &killed, &stop)
+        .await
+        .unwrap_err();
+    assert!(matches!(error, sync::SyncError::Stopped), "{error}");
+    let config_map = |name: &str| reference("v1", "ConfigMap", namespace, name);
+    let service = reference("v1", "Service", namespace, "crash-svc");
+    for name in ["crash-a", "crash-b"] {
+        assert!(cluster.get(&config_map(name)).await.unwrap().is_some());
+    }
+    assert!(cluster.get(&service).await.unwrap().is_none());
+
+    // Git drops the ConfigMaps; the restarted pass sees the interrupted one.
+    let remaining = vec![object("Service", "crash-svc")];
+    let next = options("rev-2");
+    let restarted = Cluster::connect(Some(kubeconfig), None).await.unwrap();
+    let live = sync::fetch(&restarted, &remaining, &next).await.unwrap();
+    assert_eq!(live.pending.as_deref(), Some("killed"));
+    assert_eq!(
+        live.revision, None,
+        "the killed pass is not claimed applied"
+    );
+    assert_eq!(live.inventory.len(), 3, "{:?}", live.inventory);
+    // Another writer, after that read: the pass's writes, conditional, are refused and merged.
+    dynamic(cluster, ("", "v1", "ConfigMap"), "default")
+        .patch(
+            "meshops-inventory-crash",
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {"touched-by": "someone"}}})),
+        )
+        .await
+        .unwrap();
+    let second = plan::plan(&remaining, &live.objects, &live.inventory);
+    assert_eq!(second.count(Action::Delete), 2, "{}", second.summary());
+    let report = sync::execute(&restarted, &second, &remaining, &live, &next)
+        .await
+        .unwrap();
+    // The pending write refused (409) and made again from a fresh read, the Service's apply,
+    // the settled write.
+    let requests = restarted.requests().snapshot();
+    assert_eq!(requests.get("PATCH"), Some(&4), "{requests:?}");
+    let mut deleted: Vec<&str> = report.deleted.iter().map(|o| o.name.as_str()).collect();
+    deleted.sort();
+    assert_eq!(deleted, ["crash-a", "crash-b"]);
+    for name in ["crash-a", "crash-b"] {
+        assert!(cluster.get(&config_map(name)).await.unwrap().is_none());
+    }
+    assert!(cluster.get(&service).await.unwrap().is_some());
+    let inventory = cluster
+        .get(&reference(
+            "v1",
+            "ConfigMap",
+            "default",
+            "meshops-inventory-crash",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(inventory["data"]["revision"], "rev-2");
+    assert!(inventory["data"].get("pending").is_none(), "{inventory}");
+    assert_eq!(
+        inventory["metadata"]["annotations"]["touched-by"], "someone",
+        "merged, not overwritten"
+    );
+    let listed: Vec<Value> =
+        serde_json::from_str(inventory["data"]["objects"].as_str().unwrap()).unwrap();
+    let listed: Vec<&str> = listed.iter().filter_map(|e| e["name"].as_str()).collect();
+    assert_eq!(listed, ["crash-svc"]);
+    // Nothing of the source is left unlisted.
+    let selector = "meshops.io/source=crash";
+    let mut labelled = Vec::new();
+    for kind in ["ConfigMap", "Service"] {
+        for item in cluster.list("v1", kind, namespace, selector).await.unwrap() {
+            labelled.push(
+                item["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            );
+        }
+    }
+    assert_eq!(labelled, ["crash-svc"]);
+
+    // Settled: the same pass again writes nothing.
+    let fresh = Cluster::connect(Some(kubeconfig), None).await.unwrap();
+    let live = sync::fetch(&fresh, &remaining, &next).await.unwrap();
+    assert_eq!(live.pending, None);
+    let again = plan::plan(&remaining, &live.objects, &live.inventory);
+    assert!(!again.has_changes(), "{}", again.summary());
+    sync::execute(&fresh, &again, &remaining, &live, &next)
+        .await
+        .unwrap();
+    assert_eq!(
+        fresh.requests().writes(),
+        0,
+        "{:?}",
+        fresh.requests().snapshot()
+    );
+}
+
 struct Steps {
     started: Instant,
     n: usize,
@@ -711,6 +862,9 @@ async fn e2e_against_a_real_api_server() {
         .unwrap()
         .is_none());
     steps.done("notifier removed: exactly its Function, StatefulSet, AuthorizationPolicy pruned; Service with prune: disabled kept");
+
+    crash_safe_inventory(&cluster, kubeconfig, &staging).await;
+    steps.done("pass killed after its first phase, its objects dropped from Git, the inventory written by someone else meanwhile: the next pass prunes them (conditional writes merged), nothing orphaned, then 0 writes");
 
     // A wrong token and an unreachable server: clear errors, no log lines.
     if let Some(plane) = &target.plane {

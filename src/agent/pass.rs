@@ -398,8 +398,9 @@ impl Worker {
             let objects = self.report_drift(&pass, sha).await;
             return Ok(Outcome::Compared { objects }.into());
         }
-        // The cluster is at this commit already and differs: that is drift, not a deploy.
-        let same_commit = pass.live.revision.as_deref() == Some(sha);
+        // The cluster is at this commit already and differs: that is drift, not a deploy. (An
+        // apply that did not finish is not "at" any commit: it is finished.)
+        let same_commit = pass.live.revision.as_deref() == Some(sha) && pass.live.pending.is_none();
         if same_commit && !manual && !self.config.self_heal.unwrap_or(false) {
             let objects = self.report_drift(&pass, sha).await;
             return Ok(Outcome::Compared { objects }.into());

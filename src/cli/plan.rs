@@ -183,6 +183,13 @@ async fn prepare(args: &ClusterArgs, choices: ApplyChoices) -> anyhow::Result<Op
         take_over: choices.take_over,
     };
     let pass = reconcile::plan(&cluster, desired, options).await?;
+    if let Some(pending) = &pass.live.pending {
+        eprintln!(
+            "note: an apply of revision {pending} to source \"{}\" did not finish; the next apply \
+             completes it (and prunes what it wrote that the repository no longer has)",
+            pass.options.source
+        );
+    }
     Ok(Some(Prepared { cluster, pass }))
 }
 

@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use futures::stream::{self, StreamExt};
 use serde_json::{json, Value};
 
-use super::{inventory, Cluster, ClusterError};
+use super::inventory::{self, InventoryError};
+use super::{Cluster, ClusterError};
 use crate::plan::{self, fingerprint, Action, InventoryEntry, ObjectRef, Plan};
 use crate::render::{Object, SOURCE_LABEL};
 
@@ -35,13 +36,38 @@ pub struct SyncOptions {
 pub struct Live {
     pub objects: BTreeMap<ObjectRef, Value>,
     pub inventory: Vec<InventoryEntry>,
+    /// The revision of the last pass that completed. Never that of a pass that was
+    /// interrupted: the cluster may hold only part of it.
     pub revision: Option<String>,
+    /// The revision of a pass that started writing and did not complete (killed, stopped,
+    /// failed): the cluster holds part of it, and the next pass must run even when `revision`
+    /// is the commit wanted.
+    pub pending: Option<String>,
+    /// `metadata.resourceVersion` of the inventory ConfigMap as read, the precondition of its
+    /// next write; `None` when it does not exist.
+    pub inventory_version: Option<String>,
+}
+
+impl Live {
+    /// The inventory as read, the start of this pass's inventory writes.
+    fn recorded(&self) -> inventory::Recorded {
+        inventory::Recorded {
+            entries: self.inventory.clone(),
+            revision: self.revision.clone(),
+            pending: self.pending.clone(),
+            resource_version: self.inventory_version.clone(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+    /// The inventory is unreadable or kept changing under its writes (a request that failed
+    /// is [`SyncError::Cluster`]).
+    #[error(transparent)]
+    Inventory(InventoryError),
     #[error(
         "the repository renders no objects but the inventory lists {count}; refusing to prune \
          everything (pass --allow-empty if that is really wanted)"
@@ -65,6 +91,17 @@ pub enum SyncError {
     Stopped,
 }
 
+impl From<InventoryError> for SyncError {
+    /// A request that failed is a cluster error like any other; only what is wrong with the
+    /// inventory itself is an inventory error.
+    fn from(error: InventoryError) -> SyncError {
+        match error {
+            InventoryError::Cluster(e) => SyncError::Cluster(e),
+            other => SyncError::Inventory(other),
+        }
+    }
+}
+
 /// Live state with one LIST per kind and namespace (plus the inventory): O(kinds ×
 /// namespaces) requests, never one GET per object. Objects that the LIST by source label does
 /// not return (new ones, or ones another source or a person holds) are looked up — a GET for
@@ -75,8 +112,8 @@ pub async fn fetch(
     desired: &[Object],
     options: &SyncOptions,
 ) -> Result<Live, SyncError> {
-    let (inventory, revision) =
-        inventory::read(cluster, &options.inventory_namespace, &options.source).await?;
+    let recorded = inventory::read(cluster, &options.inventory_namespace, &options.source).await?;
+    let inventory = recorded.entries;
     let mut scopes: BTreeSet<(String, String, String)> = BTreeSet::new();
     for object in desired {
         scopes.insert((
@@ -182,7 +219,9 @@ pub async fn fetch(
     Ok(Live {
         objects,
         inventory,
-        revision,
+        revision: recorded.revision,
+        pending: recorded.pending,
+        inventory_version: recorded.resource_version,
     })
 }
 
@@ -398,7 +437,7 @@ fn permissions(plan: &Plan, live: &Live, options: &SyncOptions) -> BTreeSet<Perm
     }
     let inventory = inventory::reference(&options.inventory_namespace, &options.source);
     add("patch", &inventory, None);
-    if live.revision.is_none() {
+    if live.inventory_version.is_none() {
         add("create", &inventory, None);
     }
     needed
@@ -487,6 +526,7 @@ pub async fn execute_with(
     preflight(cluster, plan, live, options).await?;
     let actions: BTreeMap<&ObjectRef, Action> =
         plan.changes.iter().map(|c| (&c.object, c.action)).collect();
+    let recorded = record_pending(cluster, desired, live, options, &actions, progress).await?;
     let mut owners: Owners = BTreeMap::new();
     let mut fingerprints: BTreeMap<ObjectRef, Option<String>> = BTreeMap::new();
     let mut report = Report::default();
@@ -563,17 +603,21 @@ pub async fn execute_with(
         }
     }
     // Removed objects that were not pruned stay ours until they are; one kept by its
-    // `meshops.io/prune: disabled` annotation is let go.
+    // `meshops.io/prune: disabled` annotation (or released, never written by meshops) is let
+    // go, and so is one that is no longer in the cluster (deleted by someone, or listed by an
+    // interrupted pass that never created it): there is nothing left to prune.
     let desired_refs: BTreeSet<ObjectRef> = fingerprints.keys().cloned().collect();
     for entry in &live.inventory {
         let pruned = report.deleted.contains(&entry.object);
         let let_go = actions.get(&entry.object) == Some(&Action::Keep);
-        if !desired_refs.contains(&entry.object)
-            && !pruned
-            && !let_go
-            && !kept.iter().any(|k| k.object == entry.object)
-        {
-            kept.push(entry.clone());
+        let gone = !live.objects.contains_key(&entry.object);
+        if desired_refs.contains(&entry.object) || pruned || let_go || gone {
+            continue;
+        }
+        match kept.iter_mut().find(|k| k.object == entry.object) {
+            // A refused delete keeps the fingerprint recorded for it.
+            Some(refused) => refused.fingerprint = entry.fingerprint.clone(),
+            None => kept.push(entry.clone()),
         }
     }
     let mut entries: Vec<InventoryEntry> = fingerprints
@@ -584,15 +628,89 @@ pub async fn execute_with(
         })
         .collect();
     entries.extend(kept);
+    record_settled(cluster, live, options, recorded, &entries).await?;
+    Ok(report)
+}
+
+/// Before the first write of a pass: records `inventory ∪ desired` with the pass's revision
+/// pending (DESIGN §4), so that a pass killed anywhere after this leaves every object it may
+/// have written listed, and the next pass prunes what Git no longer has. Skipped when the pass
+/// writes nothing (nothing a kill could leave unlisted: a no-op pass writes nothing at all),
+/// and when the inventory already records exactly that (the re-run of an interrupted pass).
+/// Returns the inventory as it now is.
+async fn record_pending(
+    cluster: &Cluster,
+    desired: &[Object],
+    live: &Live,
+    options: &SyncOptions,
+    actions: &BTreeMap<&ObjectRef, Action>,
+    progress: &dyn Progress,
+) -> Result<inventory::Recorded, SyncError> {
+    let desired_refs: Vec<ObjectRef> = desired.iter().map(|o| ObjectRef::of(&o.value)).collect();
+    // What the phases send a request for: everything but the unchanged objects they settle
+    // from their live value.
+    let applied: BTreeSet<ObjectRef> = desired_refs
+        .iter()
+        .filter(|r| {
+            let unchanged = actions.get(r) == Some(&Action::Unchanged);
+            !(unchanged && live.objects.contains_key(*r))
+        })
+        .cloned()
+        .collect();
+    let prunes = options.prune && actions.values().any(|a| *a == Action::Delete);
+    if applied.is_empty() && !prunes {
+        return Ok(live.recorded());
+    }
+    // A shutdown that arrived before anything was written leaves nothing pending.
+    if progress.stopped() {
+        return Err(SyncError::Stopped);
+    }
+    let revision = &options.revision;
+    Ok(inventory::write(
+        cluster,
+        &options.inventory_namespace,
+        &options.source,
+        live.recorded(),
+        |current| inventory::Recorded {
+            entries: inventory::pending_entries(&current.entries, &desired_refs, &applied),
+            revision: current.revision.clone(),
+            pending: Some(revision.clone()),
+            resource_version: None,
+        },
+    )
+    .await?)
+}
+
+/// After the pass: records what the source owns now (`entries`), its revision, nothing
+/// pending — merged, when another writer wrote the inventory meanwhile, by the rule of
+/// [`inventory::settled_entries`]. A pending revision that another writer set meanwhile
+/// stays: that pass is running, or was interrupted, and only a pass after it may clear it.
+/// Skipped when the inventory already records exactly that (a pass that changed nothing).
+async fn record_settled(
+    cluster: &Cluster,
+    live: &Live,
+    options: &SyncOptions,
+    recorded: inventory::Recorded,
+    entries: &[InventoryEntry],
+) -> Result<(), SyncError> {
+    let revision = &options.revision;
     inventory::write(
         cluster,
         &options.inventory_namespace,
         &options.source,
-        &entries,
-        &options.revision,
+        recorded,
+        |current| inventory::Recorded {
+            entries: inventory::settled_entries(entries, &live.inventory, &current.entries),
+            revision: Some(revision.clone()),
+            pending: current
+                .pending
+                .clone()
+                .filter(|p| p != revision && Some(p) != live.pending.as_ref()),
+            resource_version: None,
+        },
     )
     .await?;
-    Ok(report)
+    Ok(())
 }
 
 /// The StatefulSets whose rollout an apply of `plan` waits for: every written StatefulSet and

@@ -366,20 +366,39 @@ pub fn plan(
             reason,
         });
     }
+    // An entry whose object is not in the cluster plans nothing (it was deleted by someone,
+    // or listed by an interrupted pass that never created it); the apply drops it.
     let mut deletes: Vec<Change> = inventory
         .iter()
         .filter(|e| !wanted.contains(&e.object))
         .filter_map(|e| {
             let current = live.get(&e.object)?;
             let keep = current["metadata"]["annotations"][PRUNE_ANNOTATION] == "disabled";
+            // Listed without fingerprint and without meshops' label: an interrupted pass
+            // recorded it before writing it (an object made by hand it was about to adopt),
+            // so meshops never wrote it and must not delete it.
+            let never_written =
+                e.fingerprint.is_none() && current["metadata"]["labels"][SOURCE_LABEL].is_null();
+            let (action, reason) = if keep {
+                (
+                    Action::Keep,
+                    format!("removed from the repository, kept: {PRUNE_ANNOTATION}: disabled"),
+                )
+            } else if never_written {
+                (
+                    Action::Keep,
+                    format!(
+                        "removed from the repository, released: an interrupted apply listed it \
+                         but never wrote it (no {SOURCE_LABEL} label)"
+                    ),
+                )
+            } else {
+                (Action::Delete, "removed from the repository".to_owned())
+            };
             Some(Change {
                 object: e.object.clone(),
-                action: if keep { Action::Keep } else { Action::Delete },
-                reason: if keep {
-                    format!("removed from the repository, kept: {PRUNE_ANNOTATION}: disabled")
-                } else {
-                    "removed from the repository".into()
-                },
+                action,
+                reason,
             })
         })
         .collect();
@@ -564,7 +583,7 @@ mod tests {
 
     #[test]
     fn prunes_only_what_the_inventory_lists_and_respects_the_opt_out() {
-        let gone = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "old", "namespace": "ns"}});
+        let gone = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "old", "namespace": "ns", "labels": {SOURCE_LABEL: "s"}}});
         let kept = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "keep", "namespace": "ns", "annotations": {PRUNE_ANNOTATION: "disabled"}}});
         let stranger = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "labelled-by-someone", "namespace": "ns"}});
         let live: BTreeMap<_, _> = [&gone, &kept, &stranger]
@@ -589,6 +608,62 @@ mod tests {
             .collect();
         assert_eq!(actions, [("keep", Action::Keep), ("old", Action::Delete)]);
         assert_eq!(result.count(Action::Delete), 1);
+    }
+
+    #[test]
+    fn after_an_interrupted_apply_only_what_meshops_wrote_is_pruned() {
+        let labelled = |name: &str| json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "ns", "labels": {SOURCE_LABEL: "s"}}});
+        // Written before the kill: labelled, listed without fingerprint.
+        let written = labelled("written");
+        // Made by hand, listed by the interrupted pass that was going to adopt it.
+        let by_hand = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "by-hand", "namespace": "ns"}});
+        // Listed, never created.
+        let never = labelled("never-created");
+        let live: BTreeMap<_, _> = [&written, &by_hand]
+            .into_iter()
+            .map(|v| (ObjectRef::of(v), v.clone()))
+            .collect();
+        let inventory: Vec<InventoryEntry> = [&written, &by_hand, &never]
+            .into_iter()
+            .map(|v| InventoryEntry {
+                object: ObjectRef::of(v),
+                fingerprint: None,
+            })
+            .collect();
+        let result = plan(&[], &live, &inventory);
+        let actions: Vec<_> = result
+            .changes
+            .iter()
+            .map(|c| (c.object.name.as_str(), c.action))
+            .collect();
+        assert_eq!(
+            actions,
+            [("by-hand", Action::Keep), ("written", Action::Delete)],
+            "nothing planned for the object that is not in the cluster"
+        );
+        assert!(result.changes[0].reason.contains("released"));
+        // A recorded fingerprint says meshops applied it: pruned even without the label.
+        let applied = [InventoryEntry {
+            object: ObjectRef::of(&by_hand),
+            fingerprint: Some("f".into()),
+        }];
+        assert_eq!(plan(&[], &live, &applied).changes[0].action, Action::Delete);
+    }
+
+    #[test]
+    fn an_object_listed_without_fingerprint_and_in_sync_is_unchanged() {
+        // What the next pass sees of an object an interrupted pass applied.
+        let desired = vec![object(sts("a", "x"))];
+        let reference = ObjectRef::of(&desired[0].value);
+        let live = BTreeMap::from([(reference.clone(), sts("a", "x"))]);
+        let pending = [InventoryEntry {
+            object: reference,
+            fingerprint: None,
+        }];
+        assert_eq!(
+            plan(&desired, &live, &pending).changes[0].action,
+            Action::Unchanged
+        );
     }
 
     #[test]

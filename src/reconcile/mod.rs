@@ -57,6 +57,7 @@ impl ReconcileError {
             ReconcileError::Sync(SyncError::Forbidden { .. }) => "forbidden",
             ReconcileError::Sync(SyncError::EmptyDesired { .. }) => "empty",
             ReconcileError::Sync(SyncError::Stopped) => "stopped",
+            ReconcileError::Sync(SyncError::Inventory(e)) => e.category(),
         }
     }
 }
@@ -119,9 +120,14 @@ pub struct Pass {
 }
 
 impl Pass {
-    /// Nothing to change and this revision already recorded: an apply writes nothing at all.
+    /// Nothing to change, this revision recorded as applied and no pass left unfinished: an
+    /// apply writes nothing at all. (After an interrupted pass the plan can show no change
+    /// while the inventory still says pending and lists objects that pass never created; the
+    /// next apply settles it, with one write.)
     pub fn in_sync(&self) -> bool {
-        !self.plan.has_changes() && self.live.revision.as_ref() == Some(&self.options.revision)
+        !self.plan.has_changes()
+            && self.live.revision.as_ref() == Some(&self.options.revision)
+            && self.live.pending.is_none()
     }
 }
 

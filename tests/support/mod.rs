@@ -3,7 +3,9 @@
 //! (201 on create, 200 on update, nothing persisted on dry-run, a `meshops` managedFields
 //! entry), 404 `namespaces "x" not found` as a Status, the plain-text `404 page not found` of a
 //! CRD that is not installed, 422 on an immutable StatefulSet change, DELETE (with a uid
-//! precondition: 409 when another object holds the name).
+//! precondition: 409 when another object holds the name); POST (409 AlreadyExists) and JSON
+//! merge patches with a resourceVersion precondition (409 Conflict), as the inventory is
+//! written. It logs every write in order and can let another writer in just before one.
 #![allow(dead_code)]
 
 pub mod agent;
@@ -72,6 +74,72 @@ pub struct State {
     pub refuse_delete: BTreeSet<String>,
     /// What RBAC denies, as "verb plural" (`patch statefulsets`).
     pub denied: BTreeSet<String>,
+    /// Every write request as it arrived, in order: `POST configmaps/x`, `PATCH
+    /// statefulsets/y`, `DELETE functions/z` (dry-runs and status writes left out).
+    pub writes: Vec<String>,
+    /// Another writer, run once just before the next write request to the object of that
+    /// name is handled (so that request meets what it did).
+    pub interfere: Option<(String, Interference)>,
+}
+
+/// What another writer does to the double's state.
+pub type Interference = Box<dyn FnOnce(&mut State) + Send>;
+
+impl State {
+    /// A stored object, by kind and name.
+    pub fn object_mut(&mut self, kind: &str, name: &str) -> Option<&mut Value> {
+        self.objects
+            .values_mut()
+            .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+    }
+
+    /// Changes a stored object as another writer's update would: a new resourceVersion.
+    pub fn rewrite(&mut self, kind: &str, name: &str, change: impl FnOnce(&mut Value)) {
+        self.next_version += 1;
+        let version = self.next_version.to_string();
+        let object = self.object_mut(kind, name).unwrap();
+        change(object);
+        object["metadata"]["resourceVersion"] = json!(version);
+    }
+
+    /// Stores a new object (namespaced, of a built-in kind) as another writer's create would.
+    pub fn put(&mut self, mut value: Value) {
+        self.next_version += 1;
+        value["metadata"]["resourceVersion"] = json!(self.next_version.to_string());
+        let plural = BUILTIN
+            .iter()
+            .chain(FUNCTION_MESH)
+            .find(|(gv, _, kind)| value["apiVersion"] == *gv && value["kind"] == *kind)
+            .map(|(_, plural, _)| plural.to_string())
+            .unwrap();
+        let text = |v: &Value| v.as_str().unwrap().to_owned();
+        let key = (
+            text(&value["apiVersion"]),
+            plural,
+            text(&value["metadata"]["namespace"]),
+            text(&value["metadata"]["name"]),
+        );
+        self.objects.insert(key, value);
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = json!({});
+    }
+    let map = target.as_object_mut().unwrap();
+    for (key, value) in patch {
+        if value.is_null() {
+            map.remove(key);
+        } else {
+            merge_patch(map.entry(key.clone()).or_insert(Value::Null), value);
+        }
+    }
 }
 
 #[derive(Clone, Default)]
@@ -319,6 +387,24 @@ impl FakeApiServer {
             return not_served();
         };
         let mut state = self.0.lock().unwrap();
+        let method = parts.method.as_str();
+        let dry_run = query(&parts.uri, "dryRun").is_some();
+        if !matches!(method, "GET") && !dry_run && name.get(1) != Some(&"status") {
+            let written = match name.first() {
+                Some(name) => name.to_string(),
+                None => serde_json::from_slice::<Value>(&body).unwrap_or_default()["metadata"]
+                    ["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+            };
+            state.writes.push(format!("{method} {plural}/{written}"));
+            if state.interfere.as_ref().is_some_and(|(n, _)| *n == written) {
+                if let Some((_, interference)) = state.interfere.take() {
+                    interference(&mut state);
+                }
+            }
+        }
         let key = |name: &str| {
             (
                 gv.clone(),
@@ -366,6 +452,61 @@ impl FakeApiServer {
                 Some(o) => json_response(200, o),
                 None => status(404, "NotFound", &format!("{plural} \"{name}\" not found")),
             },
+            ("POST", []) => {
+                if !state.namespaces.contains(*namespace) {
+                    return status(
+                        404,
+                        "NotFound",
+                        &format!("namespaces \"{namespace}\" not found"),
+                    );
+                }
+                let mut object: Value = serde_json::from_slice(&body).unwrap();
+                let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+                if state.objects.contains_key(&key(&name)) {
+                    return status(
+                        409,
+                        "AlreadyExists",
+                        &format!("{plural} \"{name}\" already exists"),
+                    );
+                }
+                state.next_version += 1;
+                let manager = query(&parts.uri, "fieldManager").unwrap_or_default();
+                let meta = object["metadata"].as_object_mut().unwrap();
+                meta.insert(
+                    "uid".into(),
+                    json!(format!("uid-{name}-{}", state.next_version)),
+                );
+                meta.insert("creationTimestamp".into(), json!("2026-11-21T12:00:00Z"));
+                meta.insert(
+                    "resourceVersion".into(),
+                    json!(state.next_version.to_string()),
+                );
+                meta.insert("managedFields".into(), json!([{"manager": manager, "operation": "Update", "apiVersion": gv, "fieldsType": "FieldsV1", "fieldsV1": {}}]));
+                state.objects.insert(key(&name), object.clone());
+                json_response(201, &object)
+            }
+            // A JSON merge patch; a resourceVersion in it is a precondition.
+            ("PATCH", [name])
+                if parts
+                    .headers
+                    .get("content-type")
+                    .is_some_and(|t| t.as_bytes().starts_with(b"application/merge-patch+json")) =>
+            {
+                let patch: Value = serde_json::from_slice(&body).unwrap();
+                let Some(live) = state.objects.get(&key(name)) else {
+                    return status(404, "NotFound", &format!("{plural} \"{name}\" not found"));
+                };
+                let wanted = &patch["metadata"]["resourceVersion"];
+                if wanted.is_string() && *wanted != live["metadata"]["resourceVersion"] {
+                    return status(409, "Conflict", &format!("Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"));
+                }
+                let mut object = live.clone();
+                merge_patch(&mut object, &patch);
+                state.next_version += 1;
+                object["metadata"]["resourceVersion"] = json!(state.next_version.to_string());
+                state.objects.insert(key(name), object.clone());
+                json_response(200, &object)
+            }
             ("PATCH", [name]) => {
                 if !state.namespaces.contains(*namespace) {
                     return status(
@@ -374,7 +515,6 @@ impl FakeApiServer {
                         &format!("namespaces \"{namespace}\" not found"),
                     );
                 }
-                let dry_run = query(&parts.uri, "dryRun").is_some();
                 let applied: Value = serde_json::from_slice(&body).unwrap();
                 let existing = state.objects.get(&key(name)).cloned();
                 if let (Some(live), "StatefulSet") = (&existing, kind) {
