@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod control_plane;
+pub mod fault_proxy;
 pub mod git_servers;
 pub mod github;
 
