@@ -235,6 +235,16 @@ impl ControlPlane {
         Ok(plane)
     }
 
+    /// The API server's serving certificate and key (PEM files): it is for `127.0.0.1` and
+    /// `localhost`, so a proxy on another loopback port can serve it to clients that verify
+    /// with [`ControlPlane::ca_file`].
+    pub fn serving_cert(&self) -> (PathBuf, PathBuf) {
+        (
+            self.dir.path().join("apiserver.crt"),
+            self.dir.path().join("apiserver.key"),
+        )
+    }
+
     /// A kubeconfig file for the same server with another token.
     pub fn kubeconfig_with_token(&self, name: &str, token: &str) -> PathBuf {
         let path = self.dir.path().join(name);

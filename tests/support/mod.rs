@@ -10,6 +10,7 @@
 
 pub mod agent;
 pub mod control_plane;
+pub mod fault_proxy;
 pub mod git_servers;
 pub mod github;
 
