@@ -327,17 +327,8 @@ fn main() {
         let commit = repo.commit(&format!("fn-{i}: a new image"));
         let git = committed.elapsed();
         let body = push_event("acme/functions", &repo.url(), "refs/heads/main", &commit);
-        let signature = meshops::agent::webhook::sign(SECRET.as_bytes(), &body);
         let pushed = Instant::now();
-        let answer = agent.post(
-            "/webhooks/github",
-            &[
-                ("X-GitHub-Event", "push"),
-                ("X-GitHub-Delivery", &format!("bench-{round}")),
-                ("X-Hub-Signature-256", &signature),
-            ],
-            &body,
-        );
+        let answer = agent.webhook(SECRET, "push", &format!("bench-{round}"), &body);
         assert_eq!(answer.status, 202, "{}", answer.body);
         assert_eq!(
             answer.json()["triggered"],

@@ -72,16 +72,7 @@ fn retag(repo: &GitRepo, functions: u64, from: &str, to: &str) -> String {
 
 fn push(agent: &AgentProcess, repo: &GitRepo, commit: &str) {
     let body = push_event("acme/functions", &repo.url(), "refs/heads/main", commit);
-    let signature = meshops::agent::webhook::sign(SECRET.as_bytes(), &body);
-    let answer = agent.post(
-        "/webhooks/github",
-        &[
-            ("X-GitHub-Event", "push"),
-            ("X-GitHub-Delivery", commit),
-            ("X-Hub-Signature-256", &signature),
-        ],
-        &body,
-    );
+    let answer = agent.webhook(SECRET, "push", commit, &body);
     assert_eq!(answer.status, 202, "the webhook was refused");
 }
 
@@ -115,9 +106,7 @@ fn main() {
     let plane = runtime
         .block_on(control_plane::ControlPlane::start(&assets))
         .unwrap();
-    let proxy = runtime
-        .block_on(FaultProxy::for_plane(&plane, 15))
-        .unwrap();
+    let proxy = runtime.block_on(FaultProxy::for_plane(&plane, 15)).unwrap();
     runtime.block_on(async {
         let cluster = Cluster::connect(Some(&plane.kubeconfig), None)
             .await
@@ -168,7 +157,12 @@ fn main() {
     .unwrap();
     let agent = AgentProcess::start(
         &config,
-        &["--kubeconfig", kubeconfig.to_str().unwrap(), "--identity", "bench"],
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--identity",
+            "bench",
+        ],
         &work.path().join("agent.log"),
     );
     applied_at(&agent, &first, Duration::from_secs(120));

@@ -1079,16 +1079,7 @@ fn e2e_agent_follows_a_repository() {
     };
     let push = |agent: &AgentProcess, commit: &str, delivery: &str| {
         let body = push_event("acme/functions", &repo.url(), "refs/heads/main", commit);
-        let signature = meshops::agent::webhook::sign(secret.as_bytes(), &body);
-        let answer = agent.post(
-            "/webhooks/github",
-            &[
-                ("X-GitHub-Event", "push"),
-                ("X-GitHub-Delivery", delivery),
-                ("X-Hub-Signature-256", &signature),
-            ],
-            &body,
-        );
+        let answer = agent.webhook(secret, "push", delivery, &body);
         assert_eq!(answer.status, 202, "{}", answer.body);
         assert_eq!(answer.json()["triggered"], json!([source]));
     };
@@ -1180,16 +1171,7 @@ fn e2e_agent_follows_a_repository() {
         "pull_request": {"head": {"sha": pr_head}, "base": {"ref": "main"}},
         "repository": {"full_name": "acme/functions"}})
     .to_string();
-    let signature = meshops::agent::webhook::sign(secret.as_bytes(), event.as_bytes());
-    let answer = agent.post(
-        "/webhooks/github",
-        &[
-            ("X-GitHub-Event", "pull_request"),
-            ("X-GitHub-Delivery", "e2e-pr"),
-            ("X-Hub-Signature-256", &signature),
-        ],
-        event.as_bytes(),
-    );
+    let answer = agent.webhook(secret, "pull_request", "e2e-pr", event.as_bytes());
     assert_eq!(answer.status, 202, "{}", answer.body);
     agent.wait_for("the plan comment", Duration::from_secs(30), |_| {
         !github.comments(9).is_empty()

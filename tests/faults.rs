@@ -768,19 +768,10 @@ impl<'e> Scene<'e> {
             "refs/heads/main",
             &commit.sha,
         );
-        let signature = meshops::agent::webhook::sign(self.secret.as_bytes(), &body);
         let n = self.deliveries.get() + 1;
         self.deliveries.set(n);
         let delivery = format!("{}-{n}", self.label);
-        let answer = agent.post(
-            "/webhooks/github",
-            &[
-                ("X-GitHub-Event", "push"),
-                ("X-GitHub-Delivery", &delivery),
-                ("X-Hub-Signature-256", &signature),
-            ],
-            &body,
-        );
+        let answer = agent.webhook(&self.secret, "push", &delivery, &body);
         assert_eq!(answer.status, 202, "{}", answer.body);
     }
 

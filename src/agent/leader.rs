@@ -237,16 +237,7 @@ impl Elector {
     /// One round: reads the Lease and takes or renews it when this replica may.
     async fn try_hold(&mut self) -> Result<bool, LeaderError> {
         let now = Instant::now();
-        let current =
-            self.leases
-                .get_opt(&self.name)
-                .await
-                .map_err(|source| LeaderError::Read {
-                    namespace: self.namespace.clone(),
-                    name: self.name.clone(),
-                    source,
-                })?;
-        let Some(current) = current else {
+        let Some(current) = self.read().await? else {
             let lease = Lease {
                 metadata: kube::api::ObjectMeta {
                     name: Some(self.name.clone()),
@@ -318,16 +309,7 @@ impl Elector {
 
     /// Gives the Lease up as client-go does: no holder, a one-second duration.
     async fn release(&self) -> Result<(), LeaderError> {
-        let current =
-            self.leases
-                .get_opt(&self.name)
-                .await
-                .map_err(|source| LeaderError::Read {
-                    namespace: self.namespace.clone(),
-                    name: self.name.clone(),
-                    source,
-                })?;
-        let Some(mut lease) = current else {
+        let Some(mut lease) = self.read().await? else {
             return Ok(());
         };
         let spec = lease.spec.get_or_insert_with(Default::default);
@@ -342,6 +324,17 @@ impl Elector {
             .await
             .map(|_| ())
             .map_err(|source| self.write_error(source))
+    }
+
+    async fn read(&self) -> Result<Option<Lease>, LeaderError> {
+        self.leases
+            .get_opt(&self.name)
+            .await
+            .map_err(|source| LeaderError::Read {
+                namespace: self.namespace.clone(),
+                name: self.name.clone(),
+                source,
+            })
     }
 
     fn write_error(&self, source: kube::Error) -> LeaderError {

@@ -183,6 +183,21 @@ impl AgentProcess {
     }
 
     /// The source's entry in `GET /api/v1/sources`.
+    /// Posts a GitHub webhook as GitHub does: `event`, a delivery id, the body signed with
+    /// `secret`.
+    pub fn webhook(&self, secret: &str, event: &str, delivery: &str, body: &[u8]) -> Answer {
+        let signature = meshops::agent::webhook::sign(secret.as_bytes(), body);
+        self.post(
+            "/webhooks/github",
+            &[
+                ("X-GitHub-Event", event),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", &signature),
+            ],
+            body,
+        )
+    }
+
     pub fn source(&self, name: &str) -> Value {
         let answer = self.get("/api/v1/sources").expect("sources API");
         answer.json()["sources"]
