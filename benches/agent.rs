@@ -22,7 +22,6 @@ use std::time::{Duration, Instant};
 
 use agent::{push_event, AgentProcess, GitRepo};
 use meshops::cluster::Cluster;
-use meshops::model::crd::{crd, CRD_KINDS};
 use serde_json::json;
 
 const NAMESPACE: &str = "bench-agent";
@@ -227,17 +226,7 @@ fn main() {
         let cluster = Cluster::connect(Some(&plane.kubeconfig), None)
             .await
             .unwrap();
-        for (kind, plural) in CRD_KINDS {
-            cluster.apply(&crd(kind, plural), false).await.unwrap();
-        }
-        let object =
-            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
-        cluster.apply(&object, false).await.unwrap();
-        let names: Vec<String> = CRD_KINDS
-            .iter()
-            .map(|(_, plural)| format!("{plural}.compute.functionmesh.io"))
-            .collect();
-        control_plane::wait_established(&cluster, &names).await;
+        control_plane::install_function_mesh(&cluster, &[NAMESPACE]).await;
     });
 
     // The repository: the generated functions under deploy/, one commit.

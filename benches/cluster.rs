@@ -17,8 +17,6 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use meshops::cluster::Cluster;
-use meshops::model::crd::{crd, CRD_KINDS};
-use serde_json::json;
 
 /// One measured command.
 struct Measured {
@@ -284,20 +282,7 @@ fn main() {
         let cluster = Cluster::connect(Some(&plane.kubeconfig), None)
             .await
             .unwrap();
-        for (kind, plural) in CRD_KINDS {
-            cluster.apply(&crd(kind, plural), false).await.unwrap();
-        }
-        for namespace in ["bench-meshops", "bench-kubectl"] {
-            let object =
-                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
-            cluster.apply(&object, false).await.unwrap();
-        }
-        // Established before anything is applied.
-        let names: Vec<String> = CRD_KINDS
-            .iter()
-            .map(|(_, plural)| format!("{plural}.compute.functionmesh.io"))
-            .collect();
-        control_plane::wait_established(&cluster, &names).await;
+        control_plane::install_function_mesh(&cluster, &["bench-meshops", "bench-kubectl"]).await;
         // The API server builds a resource's watch cache on its first LIST (about a second
         // for a custom resource); warm every kind up so neither tool pays that in its time.
         let kinds = [

@@ -289,6 +289,24 @@ impl ControlPlane {
 
 /// Waits until every named CustomResourceDefinition is Established (at most 30 s): its kinds
 /// are served from then on.
+/// The Function Mesh CRDs from `meshops crds`, Established, and `namespaces`: what the
+/// benchmarks deploy into.
+pub async fn install_function_mesh(cluster: &meshops::cluster::Cluster, namespaces: &[&str]) {
+    use meshops::model::crd::{crd, CRD_KINDS};
+    for (kind, plural) in CRD_KINDS {
+        cluster.apply(&crd(kind, plural), false).await.unwrap();
+    }
+    for namespace in namespaces {
+        let object = serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        cluster.apply(&object, false).await.unwrap();
+    }
+    let names: Vec<String> = CRD_KINDS
+        .iter()
+        .map(|(_, plural)| format!("{plural}.compute.functionmesh.io"))
+        .collect();
+    wait_established(cluster, &names).await;
+}
+
 pub async fn wait_established(cluster: &meshops::cluster::Cluster, names: &[String]) {
     let deadline = Instant::now() + Duration::from_secs(30);
     for name in names {
