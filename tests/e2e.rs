@@ -1228,6 +1228,15 @@ fn e2e_agent_follows_a_repository() {
     agent.wait_for("the drift gauge", Duration::from_secs(20), |a| {
         a.metric(&gauge) >= 1.0
     });
+    // That drift check ran with the invalid commit still the head: its errors stay.
+    let status = agent.source(&source);
+    assert_eq!(status["lastSeenCommit"], invalid.as_str(), "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replicaz")),
+        "{status}"
+    );
     let events = dynamic(&cluster, ("events.k8s.io", "v1", "Event"), &namespace);
     let drift_events = rt
         .block_on(events.list(&Default::default()))
