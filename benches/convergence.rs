@@ -115,9 +115,7 @@ fn main() {
     let plane = runtime
         .block_on(control_plane::ControlPlane::start(&assets))
         .unwrap();
-    let proxy = runtime
-        .block_on(FaultProxy::for_plane(&plane, 15))
-        .unwrap();
+    let proxy = runtime.block_on(FaultProxy::for_plane(&plane, 15)).unwrap();
     runtime.block_on(async {
         let cluster = Cluster::connect(Some(&plane.kubeconfig), None)
             .await
@@ -168,7 +166,12 @@ fn main() {
     .unwrap();
     let agent = AgentProcess::start(
         &config,
-        &["--kubeconfig", kubeconfig.to_str().unwrap(), "--identity", "bench"],
+        &[
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--identity",
+            "bench",
+        ],
         &work.path().join("agent.log"),
     );
     applied_at(&agent, &first, Duration::from_secs(120));
