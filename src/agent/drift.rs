@@ -16,7 +16,7 @@ use crate::cluster::sync::owning_cr;
 use crate::cluster::Cluster;
 use crate::plan::{Action, Change, ObjectRef};
 use crate::reconcile::Pass;
-use crate::render::OPERATOR_MANAGED;
+use crate::render::{sensitive, OPERATOR_MANAGED};
 
 /// Event notes are limited to 1 kB.
 const NOTE_BYTES: usize = 1000;
@@ -47,9 +47,19 @@ pub fn assess(
         .iter()
         .filter(|c| !matches!(c.action, Action::Unchanged | Action::Keep))
         .collect();
-    fn line(c: &&Change) -> String {
-        format!("{} {}: {}", c.object.kind, c.object.name, c.reason)
-    }
+    // Reasons name fields, not values; still, whatever credential the drifted objects carry
+    // is scrubbed from what becomes an Event note, a log line and the sources API.
+    let hidden: BTreeSet<String> = drifted
+        .iter()
+        .filter_map(|c| values.get(&c.object))
+        .flat_map(|v| sensitive::values(v))
+        .collect();
+    let line = |c: &&Change| {
+        sensitive::scrub(
+            &format!("{} {}: {}", c.object.kind, c.object.name, c.reason),
+            &hidden,
+        )
+    };
     let owner = |o: &ObjectRef| values.get(o).and_then(|v| owning_cr(v));
     let mut by_cr: BTreeMap<ObjectRef, Vec<_>> = BTreeMap::new();
     for change in &drifted {
@@ -74,7 +84,7 @@ pub fn assess(
         .filter(|cr| !by_cr.contains_key(cr))
         .collect();
     Assessment {
-        lines: drifted.iter().map(line).collect(),
+        lines: drifted.iter().map(&line).collect(),
         news,
         recovered,
         reported: drifted
@@ -334,6 +344,24 @@ mod tests {
         assert!(recovered.lines.is_empty());
         assert_eq!(recovered.recovered, [object("Function", "f")]);
         assert!(recovered.reported.is_empty());
+    }
+
+    #[test]
+    fn a_credential_the_drifted_object_carries_never_reaches_a_note() {
+        let mut owned = values();
+        owned[1].1["spec"] = json!({"template": {"spec": {"containers": [{"env": [
+            {"name": "clientAuthenticationParameters", "value": "token:MESHOPS-MARKER-7f3a"}]}]}}});
+        let values: BTreeMap<ObjectRef, &Value> =
+            owned.iter().map(|(k, v)| (k.clone(), v)).collect();
+        let leaky = pass(&[(
+            object("StatefulSet", "f-function"),
+            Action::Update,
+            "changed in the cluster by x (env[value=token:MESHOPS-MARKER-7f3a])",
+        )]);
+        let seen = assess(&leaky, &values, &BTreeMap::new());
+        let told = format!("{:?} {:?}", seen.lines, seen.news);
+        assert!(!told.contains("MESHOPS-MARKER"), "{told}");
+        assert!(told.contains("env[value=******]"), "{told}");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use similar::TextDiff;
 
-use crate::render::{sorted, Object, SOURCE_LABEL, SPEC_HASH};
+use crate::render::{sensitive, sorted, Object, SOURCE_LABEL, SPEC_HASH};
 
 /// The field manager meshops applies with.
 pub const FIELD_MANAGER: &str = "meshops";
@@ -439,42 +439,17 @@ fn without_noise(value: &Value) -> Value {
     sorted(value)
 }
 
-/// Replaces Secret values with a mask; a value that differs between the two sides is marked
-/// on the new side, so the diff still says which keys change, never what they hold.
-fn mask_secrets(before: &mut Value, after: &mut Value) {
-    if before["kind"] != "Secret" && after["kind"] != "Secret" {
-        return;
-    }
-    for field in ["data", "stringData"] {
-        let keys: BTreeSet<String> = [&*before, &*after]
-            .iter()
-            .filter_map(|v| v[field].as_object())
-            .flat_map(|m| m.keys().cloned())
-            .collect();
-        for key in keys {
-            let (b, a) = (before[field][&key].clone(), after[field][&key].clone());
-            let changed = b != a;
-            if !b.is_null() {
-                before[field][&key] = Value::String("******".into());
-            }
-            if !a.is_null() {
-                let mask = if changed {
-                    "****** (changed)"
-                } else {
-                    "******"
-                };
-                after[field][&key] = Value::String(mask.into());
-            }
-        }
-    }
-}
-
 /// A unified YAML diff from `live` to `target` (the dry-run result, or the desired object for
-/// a create), with server noise removed and Secret values masked. Empty when they agree.
+/// a create), with server noise removed and credentials masked. Empty when they agree.
+///
+/// This is the only place object content becomes text for people (plan text, PR comments,
+/// drift reports all take their diffs from here), so it is where credentials are masked:
+/// Secret values, auth parameters in CRs, env and commands ([`sensitive`]). A credential that
+/// changed still shows as `****** (changed)`.
 pub fn diff(live: Option<&Value>, target: Option<&Value>) -> String {
     let mut before = live.map(without_noise).unwrap_or(Value::Null);
     let mut after = target.map(without_noise).unwrap_or(Value::Null);
-    mask_secrets(&mut before, &mut after);
+    sensitive::mask_pair(&mut before, &mut after);
     let yaml = |v: &Value| {
         if v.is_null() {
             String::new()

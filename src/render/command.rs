@@ -14,6 +14,13 @@ use crate::model::{
 
 pub const OAUTH2_PLUGIN: &str = "org.apache.pulsar.client.impl.auth.oauth2.AuthenticationOAuth2";
 pub const OAUTH2_MOUNT: &str = "/etc/oauth2";
+/// The runtime's flag for the auth plugin's parameters (often a token).
+pub const CLIENT_AUTH_PARAMS: &str = "--client_auth_params";
+/// pulsar-admin's and pulsarctl's flag for the same.
+pub const AUTH_PARAMS: &str = "--auth-params";
+/// Every flag whose next shell word is a credential: `render::sensitive` masks that word in
+/// every display, so auth parameters must only ever be written after one of these.
+pub const AUTH_PARAMS_FLAGS: &[&str] = &[CLIENT_AUTH_PARAMS, AUTH_PARAMS];
 pub const TLS_MOUNT: &str = "/etc/tls/pulsar-functions";
 pub const JAVA_LOG_DIR: &str = "/pulsar/conf/java-log/";
 pub const PYTHON_LOG_DIR: &str = "/pulsar/conf/python-log/";
@@ -132,12 +139,7 @@ fn pulsar_admin(c: &Connection<'_>, oauth2_mount: &str, tls_mount: &str) -> Vec<
         c.var("webServiceURL"),
     ];
     if let Some((plugin, params)) = auth_plugin(m, oauth2_mount, c.prefix) {
-        args.extend([
-            "--auth-plugin".into(),
-            plugin,
-            "--auth-params".into(),
-            params,
-        ]);
+        args.extend(["--auth-plugin".into(), plugin, AUTH_PARAMS.into(), params]);
     }
     match c.tls() {
         None if m.tls_secret.is_some() => args.extend([
@@ -201,13 +203,13 @@ fn pulsarctl(c: &Connection<'_>, oauth2_mount: &str, tls_mount: &str) -> Vec<Str
             "( pulsarctl".into(),
             "oauth2".into(),
             "activate".into(),
-            "--auth-params".into(),
+            AUTH_PARAMS.into(),
             params.clone(),
             "|| true ) &&".into(),
             "pulsarctl".into(),
             "--auth-plugin".into(),
             g.client_authentication_plugin.clone(),
-            "--auth-params".into(),
+            AUTH_PARAMS.into(),
             params,
             "--admin-service-url".into(),
             c.var("webServiceURL"),
@@ -218,13 +220,13 @@ fn pulsarctl(c: &Connection<'_>, oauth2_mount: &str, tls_mount: &str) -> Vec<Str
             "( pulsarctl".into(),
             "oauth2".into(),
             "activate".into(),
-            "--auth-params".into(),
+            AUTH_PARAMS.into(),
             format!("{} || true", c.var("clientAuthenticationParameters")),
             ") &&".into(),
             "pulsarctl".into(),
             "--auth-plugin".into(),
             c.var("clientAuthenticationPlugin"),
-            "--auth-params".into(),
+            AUTH_PARAMS.into(),
             c.var("clientAuthenticationParameters"),
             "--admin-service-url".into(),
             c.var("webServiceURL"),
@@ -356,7 +358,7 @@ pub fn shared_args(r: &RunnerSpec, details: &str, function_id: &str) -> Vec<Stri
         args.extend([
             "--client_auth_plugin".into(),
             plugin,
-            "--client_auth_params".into(),
+            CLIENT_AUTH_PARAMS.into(),
             params,
         ]);
     }

@@ -10,6 +10,7 @@ mod autoscale;
 mod command;
 mod details;
 mod policy;
+pub mod sensitive;
 mod spec;
 mod workload;
 mod yaml;

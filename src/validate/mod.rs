@@ -308,7 +308,7 @@ fn judge(index: usize, document: &crate::load::Document, schemas: &Schemas) -> J
     Judged { findings, manifest }
 }
 
-/// Places a finding in its file, masking Secret values: neither the message nor the source
+/// Places a finding in its file, masking Secret values and auth parameters: neither the message nor the source
 /// line of a finding under a Secret's `data`/`stringData` may show the value.
 fn place(tree: &Tree, located: Located) -> Diagnostic {
     let document = &tree.documents[located.document];
@@ -319,6 +319,15 @@ fn place(tree: &Tree, located: Located) -> Diagnostic {
     let secret_value = document.kind == model::Kind::Secret
         && (located.finding.pointer.starts_with("/data/")
             || located.finding.pointer.starts_with("/stringData/"));
+    // Generic auth parameters are a credential written in the open (often a token).
+    let auth_params = located
+        .finding
+        .pointer
+        .ends_with("/clientAuthenticationParameters");
+    if auth_params {
+        message = "invalid clientAuthenticationParameters (value hidden)".to_owned();
+        source_line = source_line.map(|line| mask_value(&line));
+    }
     if secret_value {
         let key = located
             .finding
