@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use meshops::agent::webhook;
-use support::agent::{push_event, AgentProcess, GitRepo};
+use support::agent::{pull_request_event, push_event, AgentProcess, GitRepo};
 use support::github::FakeGithub;
 use support::FakeApiServer;
 
@@ -205,11 +205,39 @@ async fn the_agent_applies_on_start_and_on_a_signed_push() {
         let junk = b"not json";
         assert_eq!(hook("push", "d6", Some(&signed(junk)), junk).status, 400);
         assert_eq!(hook("issues", "d7", Some(&signed(ping)), ping).status, 202);
-        assert!(
-            agent
-                .metric("meshops_webhook_deliveries_total{event=\"ping\",result=\"unauthorized\"}")
-                == 3.0
+        // Until the signature holds the event header is nobody's word: counted as `other`.
+        assert_eq!(
+            agent.metric(
+                "meshops_webhook_deliveries_total{event=\"other\",result=\"unauthorized\"}"
+            ),
+            3.0
         );
+        // Whatever event a caller names, signed or not, the label is one of four.
+        assert_eq!(hook("x-made-up-4711", "d7a", None, ping).status, 401);
+        let made_up = hook("x-made-up-4712", "d7b", Some(&signed(ping)), ping);
+        assert_eq!(made_up.status, 202);
+        let metrics = agent.get("/metrics").unwrap().body;
+        assert!(
+            !metrics.contains("4711") && !metrics.contains("4712"),
+            "{metrics}"
+        );
+        assert_eq!(
+            agent.metric("meshops_webhook_deliveries_total{event=\"other\",result=\"ignored\"}"),
+            2.0
+        );
+        for line in metrics
+            .lines()
+            .filter(|l| l.starts_with("meshops_webhook_deliveries_total{"))
+        {
+            let event = line
+                .split("event=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next());
+            assert!(
+                matches!(event, Some("push" | "pull_request" | "ping" | "other")),
+                "{line}"
+            );
+        }
 
         // A push elsewhere triggers nothing; a push to the tracked branch applies.
         repo.edit("deploy/notifier.yaml", "replicas: 1", "replicas: 2");
@@ -448,10 +476,14 @@ async fn the_agent_reports_syncs_drift_and_pull_request_plans_to_github() {
         let head = repo.commit("notifier 1.3.0");
         repo.git(&["update-ref", "refs/pull/7/head", &head]);
         repo.git(&["checkout", "-q", "main"]);
-        let event = serde_json::json!({"action": "opened", "number": 7,
-            "pull_request": {"head": {"sha": head}, "base": {"ref": "main"}},
-            "repository": {"full_name": "acme/functions"}})
-        .to_string();
+        // A branch of the repository itself, by someone without a role: planned.
+        let event = String::from_utf8(pull_request_event(
+            7,
+            &head,
+            Some("acme/functions"),
+            "CONTRIBUTOR",
+        ))
+        .unwrap();
         let answer = agent.post(
             "/webhooks/github",
             &[
@@ -510,6 +542,225 @@ async fn the_agent_reports_syncs_drift_and_pull_request_plans_to_github() {
             "{drift:?}"
         );
         assert!(failure.1.contains("by kubectl-edit"), "{drift:?}");
+        assert!(agent.terminate().success());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failed_signatures_are_rate_limited_per_client_and_globally() {
+    with_agent("", |running| {
+        let agent = running.agent;
+        let ping = br#"{"zen": "Keep it logically awesome."}"#;
+        let wrong = webhook::sign(b"a guess", ping);
+        let good = signed(ping);
+        let deliveries = std::cell::Cell::new(0);
+        let send = |from: [u8; 4], signature: &str| {
+            deliveries.set(deliveries.get() + 1);
+            let delivery = format!("flood-{}", deliveries.get());
+            agent.post_from(
+                from.into(),
+                "/webhooks/github",
+                &[
+                    ("X-GitHub-Event", "ping"),
+                    ("X-GitHub-Delivery", &delivery),
+                    ("X-Hub-Signature-256", signature),
+                    ("Content-Type", "application/json"),
+                ],
+                ping,
+            )
+        };
+        // 10 failures a minute per client: the 11th is held back.
+        for n in 1..=10 {
+            assert_eq!(send([127, 0, 0, 2], &wrong).status, 401, "failure {n}");
+        }
+        let limited = send([127, 0, 0, 2], &wrong);
+        assert_eq!(limited.status, 429, "{}", limited.body);
+        let retry_after: u64 = limited
+            .header("retry-after")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no Retry-After: {:?}", limited.headers));
+        assert!((1..=6).contains(&retry_after), "{retry_after}");
+        // A signed delivery is never limited, from that client or another.
+        assert_eq!(send([127, 0, 0, 2], &good).status, 200);
+        assert_eq!(send([127, 0, 0, 3], &good).status, 200);
+        // Another client has its own allowance.
+        assert_eq!(send([127, 0, 0, 3], &wrong).status, 401);
+
+        // 100 failures a minute in all: clients that each stay under their own limit are
+        // held back together.
+        let mut failures = 11;
+        let mut global = None;
+        'clients: for host in 10..=40u8 {
+            for n in 0..10 {
+                let answer = send([127, 0, 1, host], &wrong);
+                match answer.status {
+                    401 => failures += 1,
+                    429 => {
+                        global = Some((n, answer));
+                        break 'clients;
+                    }
+                    other => panic!("{other}: {}", answer.body),
+                }
+            }
+        }
+        let (n, answer) = global.expect("the global limit never held");
+        assert!(n < 10, "a client under its own limit");
+        assert!(
+            (100..=130).contains(&failures),
+            "{failures} failures let through"
+        );
+        assert!(answer.header("retry-after").is_some());
+        // Meanwhile GitHub's deliveries are still taken.
+        assert_eq!(send([127, 0, 2, 1], &good).status, 200);
+        assert!(
+            agent.metric(
+                "meshops_webhook_deliveries_total{event=\"other\",result=\"rate-limited\"}"
+            ) >= 2.0
+        );
+        assert_eq!(
+            agent.metric("meshops_webhook_deliveries_total{event=\"ping\",result=\"ok\"}"),
+            3.0
+        );
+        assert!(agent.terminate().success());
+    })
+    .await;
+}
+
+/// Posts a signed pull_request event; the answer's JSON.
+fn post_pull_request(agent: &AgentProcess, delivery: &str, event: &[u8]) -> serde_json::Value {
+    let answer = agent.post(
+        "/webhooks/github",
+        &[
+            ("X-GitHub-Event", "pull_request"),
+            ("X-GitHub-Delivery", delivery),
+            ("X-Hub-Signature-256", &signed(event)),
+        ],
+        event,
+    );
+    assert_eq!(answer.status, 202, "{}", answer.body);
+    answer.json()
+}
+
+/// A commit on a branch of `repo` published as `refs/pull/NUMBER/head`; its id.
+fn pull_request_head(repo: &GitRepo, number: u64, image: &str) -> String {
+    repo.git(&["checkout", "-q", "-B", &format!("pr-{number}"), "main"]);
+    repo.edit("deploy/notifier.yaml", "notifier:1.1.0", image);
+    let head = repo.commit(&format!("pull request {number}"));
+    repo.git(&["update-ref", &format!("refs/pull/{number}/head"), &head]);
+    repo.git(&["checkout", "-q", "main"]);
+    head
+}
+
+/// The GitHub stand-in and the AgentConfig lines that report to it.
+async fn github_reporting(dir: &std::path::Path) -> (FakeGithub, String) {
+    let github = FakeGithub::default();
+    let api = github.start().await;
+    let token = dir.join("github-token");
+    std::fs::write(&token, "ghp_agent_token").unwrap();
+    let top = format!(
+        "github: {{apiUrl: \"{api}\", tokenFile: {}}}\n",
+        token.display()
+    );
+    (github, top)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_requests_from_forks_are_planned_only_for_trusted_authors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (github, top) = github_reporting(dir.path()).await;
+    let extra = "  github: {repo: acme/functions}\n";
+    with_agent_and(extra, &top, move |running| {
+        let Running {
+            repo, first, agent, ..
+        } = running;
+        agent.wait_applied("staging", &first);
+        let outsider = pull_request_head(&repo, 8, "notifier:6.6.6");
+        let stranger = pull_request_head(&repo, 10, "notifier:6.6.7");
+        let member = pull_request_head(&repo, 9, "notifier:1.3.0");
+
+        // A fork by a contributor, by nobody in particular, from a deleted fork: refused.
+        for (number, head, head_repo, association, delivery) in [
+            (
+                8,
+                &outsider,
+                Some("mallory/functions"),
+                "CONTRIBUTOR",
+                "pr-8",
+            ),
+            (10, &stranger, Some("mallory/functions"), "NONE", "pr-10"),
+            (10, &stranger, None, "FIRST_TIME_CONTRIBUTOR", "pr-10b"),
+        ] {
+            let event = pull_request_event(number, head, head_repo, association);
+            let answer = post_pull_request(&agent, delivery, &event);
+            assert_eq!(answer["planning"], serde_json::json!([]), "{answer}");
+            assert_eq!(
+                answer["refused"],
+                serde_json::json!(["staging"]),
+                "{answer}"
+            );
+        }
+        assert_eq!(
+            agent.metric(
+                "meshops_webhook_deliveries_total{event=\"pull_request\",result=\"refused\"}"
+            ),
+            3.0
+        );
+        // The same from a member's fork: planned.
+        let event = pull_request_event(9, &member, Some("someone/functions"), "MEMBER");
+        let answer = post_pull_request(&agent, "pr-9", &event);
+        assert_eq!(
+            answer["planning"],
+            serde_json::json!(["staging"]),
+            "{answer}"
+        );
+        agent.wait_for("the member's plan", Duration::from_secs(20), |_| {
+            !github.comments(9).is_empty()
+        });
+        assert!(github.comments(9)[0].contains("notifier:1.3.0"));
+        // Plans run in the order asked for: had the refused ones been queued, they would
+        // have been planned before #9. Nothing of them reached GitHub or the log's plans.
+        for (number, head) in [(8, &outsider), (10, &stranger)] {
+            assert!(github.comments(number).is_empty(), "#{number} commented");
+            assert!(github.statuses_on(head, "meshops/plan/staging").is_empty());
+        }
+        let log = agent.log_text();
+        assert!(
+            log.contains("pull request from a fork by an outside author: not planned"),
+            "{log}"
+        );
+        assert!(
+            !log.contains(outsider.as_str()),
+            "never fetched nor planned: {log}"
+        );
+        assert!(agent.terminate().success());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_source_that_opts_in_plans_pull_requests_from_forks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (github, top) = github_reporting(dir.path()).await;
+    let extra = "  github: {repo: acme/functions}\n  pullRequests: {forks: true, maxQueued: 2}\n";
+    with_agent_and(extra, &top, move |running| {
+        let Running {
+            repo, first, agent, ..
+        } = running;
+        agent.wait_applied("staging", &first);
+        let head = pull_request_head(&repo, 11, "notifier:1.3.0");
+        let event = pull_request_event(11, &head, Some("stranger/functions"), "NONE");
+        let answer = post_pull_request(&agent, "pr-11", &event);
+        assert_eq!(
+            answer["planning"],
+            serde_json::json!(["staging"]),
+            "{answer}"
+        );
+        agent.wait_for("the fork's plan", Duration::from_secs(20), |_| {
+            !github.comments(11).is_empty()
+        });
+        let plan = github.statuses_on(&head, "meshops/plan/staging");
+        assert_eq!(plan[0].0, "success", "{plan:?}");
         assert!(agent.terminate().success());
     })
     .await;

@@ -376,6 +376,7 @@ fn everything() -> Value {
              "path": "clusters/prod", "interval": "30s", "namespaces": ["prod"], "prune": true,
              "selfHeal": false, "driftInterval": "10m", "mode": "native", "timeout": "2m",
              "rolloutTimeout": "3m", "github": {"repo": "acme/functions"},
+             "pullRequests": {"forks": false, "maxQueued": 3},
              "credentials": {"token": {"secretName": "git-token", "key": "pat"}}},
             {"name": "staging", "url": "git@github.com:acme/functions.git", "ref": {"tag": "staging"},
              "path": "clusters/staging", "namespaces": ["staging", RELEASE_NAMESPACE], "selfHeal": true,
@@ -1159,6 +1160,7 @@ fn the_chart_lints_and_renders() {
                "path": "clusters/prod", "interval": "30s", "namespaces": ["prod"], "prune": true,
                "selfHeal": false, "driftInterval": "10m", "mode": "native", "timeout": "2m",
                "rolloutTimeout": "3m", "github": {"repo": "acme/functions"}, "inventoryNamespace": "prod",
+               "pullRequests": {"forks": false, "maxQueued": 3},
                "credentials": {"tokenFile": "/etc/meshops/git/prod/token"}})
     );
     assert_eq!(config["sources"][1]["ref"], json!({"tag": "staging"}));

@@ -1161,18 +1161,26 @@ fn e2e_agent_follows_a_repository() {
     assert!(get("StatefulSet", "anomaly-scorer-function").is_none());
     steps.done("deleted file → Function and StatefulSet pruned");
 
-    // A pull request: planned against the real API server, commented, nothing applied.
+    // A pull request from a branch of the repository itself: planned against the real API
+    // server, commented, nothing applied.
     repo.git(&["checkout", "-q", "-b", "feature"]);
     repo.edit("deploy/notifier.yaml", "  replicas: 1", "  replicas: 3");
     let pr_head = repo.commit("three notifier replicas");
     repo.git(&["update-ref", "refs/pull/9/head", &pr_head]);
     repo.git(&["checkout", "-q", "main"]);
     let event = json!({"action": "synchronize", "number": 9,
-        "pull_request": {"head": {"sha": pr_head}, "base": {"ref": "main"}},
+        "pull_request": {"head": {"sha": pr_head, "repo": {"full_name": "acme/functions"}},
+                         "base": {"ref": "main"}},
         "repository": {"full_name": "acme/functions"}})
     .to_string();
     let answer = agent.webhook(secret, "pull_request", "e2e-pr", event.as_bytes());
     assert_eq!(answer.status, 202, "{}", answer.body);
+    assert_eq!(
+        answer.json()["planning"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        answer.body
+    );
     agent.wait_for("the plan comment", Duration::from_secs(30), |_| {
         !github.comments(9).is_empty()
     });

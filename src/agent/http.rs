@@ -1,12 +1,18 @@
 //! The agent's HTTP side: GitHub webhooks, probes, metrics and a read-only view of the
 //! sources. Webhooks are verified and answered at once; the reconcile they trigger runs on
 //! the source's own task (as Flux's notification-controller receivers do).
+//!
+//! A webhook is verified before anything about it is believed or kept: until the signature
+//! holds, its event header is not a metric label and its delivery id is not remembered, and
+//! failed signatures are rate limited per client address and globally.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header::RETRY_AFTER, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -15,9 +21,12 @@ use serde_json::json;
 use tokio::sync::watch;
 
 use super::metrics::{self, Metrics};
+use super::pull::Queued;
 use super::schedule::Trigger;
 use super::source::SourceHandle;
-use super::webhook::{self, Deliveries, MAX_BODY_BYTES};
+use super::webhook::{
+    self, Admission, Deliveries, Delivery, Event, FailureLimiter, Planning, MAX_BODY_BYTES,
+};
 
 /// What the handlers share.
 pub struct Shared {
@@ -27,6 +36,8 @@ pub struct Shared {
     /// `None`: no webhook configured, the endpoint answers 404.
     pub webhook_secret: Option<Vec<u8>>,
     pub deliveries: Mutex<Deliveries>,
+    /// Failed signatures by client address and in all.
+    pub failures: Mutex<FailureLimiter>,
     /// The leadership term: `Some` while this replica leads.
     pub term: watch::Receiver<super::leader::Term>,
 }
@@ -89,29 +100,29 @@ fn header<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn github(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
-    let event = header(&headers, "x-github-event")
-        .unwrap_or("unknown")
-        .to_owned();
-    let answer = |status: StatusCode, result: &str, body: serde_json::Value| {
-        shared.metrics.delivery(&event, result);
-        (status, Json(body)).into_response()
-    };
+async fn github(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let Some(secret) = &shared.webhook_secret else {
-        return answer(
+        shared.metrics.delivery(Event::Other, Delivery::Disabled);
+        return (
             StatusCode::NOT_FOUND,
-            "disabled",
-            json!({"error": "no webhook secret is configured"}),
-        );
+            Json(json!({"error": "no webhook secret is configured"})),
+        )
+            .into_response();
     };
     if let Err(err) = webhook::verify(secret, &body, header(&headers, "x-hub-signature-256")) {
-        tracing::warn!(event, error = %err, "webhook refused");
-        return answer(
-            StatusCode::UNAUTHORIZED,
-            err.category(),
-            json!({"error": err.to_string()}),
-        );
+        return refused(&shared, client, &err);
     }
+    // Verified: from here the headers are GitHub's word.
+    let event = Event::from_header(header(&headers, "x-github-event"));
+    let answer = |status: StatusCode, result: Delivery, body: serde_json::Value| {
+        shared.metrics.delivery(event, result);
+        (status, Json(body)).into_response()
+    };
     if let Some(delivery) = header(&headers, "x-github-delivery") {
         let first = shared
             .deliveries
@@ -121,14 +132,14 @@ async fn github(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
         if !first {
             return answer(
                 StatusCode::OK,
-                "duplicate",
+                Delivery::Duplicate,
                 json!({"ignored": "delivery already received"}),
             );
         }
     }
-    match event.as_str() {
-        "ping" => answer(StatusCode::OK, "ok", json!({"ok": true})),
-        "push" => match webhook::parse_push(&body) {
+    match event {
+        Event::Ping => answer(StatusCode::OK, Delivery::Ok, json!({"ok": true})),
+        Event::Push => match webhook::parse_push(&body) {
             Ok(push) => {
                 let triggered = act_on(&shared, |s| {
                     webhook::moves(&push, &s.config).then(|| s.trigger(Trigger::Webhook))
@@ -144,28 +155,120 @@ async fn github(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Byt
             }
             Err(err) => bad_payload(answer, &err),
         },
-        "pull_request" => match webhook::parse_pull_request(&body) {
-            Ok(pull) => {
-                let planning = act_on(&shared, |s| {
-                    webhook::plans(&pull, &s.config).then(|| s.plan_pull_request(pull.number))
-                });
-                tracing::info!(
-                    repository = pull.repository.full_name,
-                    number = pull.number,
-                    action = pull.action,
-                    sources = ?planning,
-                    "pull request received"
-                );
-                accepted(answer, "planning", planning)
-            }
+        Event::PullRequest => match webhook::parse_pull_request(&body) {
+            Ok(pull) => pull_request(&shared, &pull, answer),
             Err(err) => bad_payload(answer, &err),
         },
-        _ => answer(
-            StatusCode::ACCEPTED,
-            "ignored",
-            json!({"ignored": format!("event {event}")}),
-        ),
+        Event::Other => {
+            let name = header(&headers, "x-github-event").unwrap_or("none");
+            tracing::debug!(event = name, "webhook event not used");
+            answer(
+                StatusCode::ACCEPTED,
+                Delivery::Ignored,
+                json!({"ignored": format!("event {name}")}),
+            )
+        }
     }
+}
+
+/// A delivery whose signature failed: 401 within the limits, 429 with `Retry-After` past
+/// them. Counted as `event="other"`: an unverified header is nobody's word.
+fn refused(shared: &Shared, client: SocketAddr, err: &webhook::WebhookError) -> Response {
+    let admission = shared
+        .failures
+        .lock()
+        .map(|mut f| f.failed(client.ip(), Instant::now()))
+        .unwrap_or(Admission::Allowed);
+    match admission {
+        Admission::Allowed => {
+            tracing::warn!(client = %client.ip(), error = %err, "webhook refused");
+            shared.metrics.delivery(Event::Other, err.category());
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"error": err.to_string()})),
+            )
+                .into_response()
+        }
+        Admission::Limited { scope, retry_after } => {
+            let seconds = webhook::retry_after_seconds(retry_after);
+            tracing::debug!(
+                client = %client.ip(),
+                ?scope,
+                retry_after = seconds,
+                "webhook refused: too many failed signatures"
+            );
+            shared.metrics.delivery(Event::Other, Delivery::RateLimited);
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(RETRY_AFTER, seconds.to_string())],
+                Json(json!({"error": "too many deliveries with a wrong signature"})),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// Queues a plan on every source whose policy allows it; those whose policy refuses it are
+/// named (`refused`), logged and counted, and GitHub is told nothing.
+fn pull_request(
+    shared: &Shared,
+    pull: &webhook::PullRequestEvent,
+    answer: impl FnOnce(StatusCode, Delivery, serde_json::Value) -> Response,
+) -> Response {
+    let mut planning = Vec::new();
+    let mut refused = Vec::new();
+    for source in &shared.sources {
+        let name = source.config.name.clone();
+        match webhook::plans(pull, &source.config) {
+            Planning::NotOurs => {}
+            Planning::Refuse(association) => {
+                let head_repository = pull.pull_request.head.repo.as_ref();
+                tracing::warn!(
+                    source = name,
+                    repository = pull.repository.full_name,
+                    number = pull.number,
+                    head_repository = head_repository.map(|r| r.full_name.as_str()),
+                    author_association = ?association,
+                    "pull request from a fork by an outside author: not planned \
+                     (pullRequests.forks: true plans it)"
+                );
+                refused.push(name);
+            }
+            Planning::Plan => {
+                let head = &pull.pull_request.head.sha;
+                if let Queued::Displaced(dropped) = source.plan_pull_request(pull.number, head) {
+                    tracing::warn!(
+                        source = name,
+                        dropped = dropped.number,
+                        head = dropped.head,
+                        "too many pull requests waiting for a plan: the oldest is dropped"
+                    );
+                    shared.metrics.pull_request_dropped(&name);
+                }
+                planning.push(name);
+            }
+        }
+    }
+    tracing::info!(
+        repository = pull.repository.full_name,
+        number = pull.number,
+        action = pull.action,
+        sources = ?planning,
+        refused = ?refused,
+        "pull request received"
+    );
+    let result = if !planning.is_empty() {
+        Delivery::Accepted
+    } else if !refused.is_empty() {
+        Delivery::Refused
+    } else {
+        Delivery::Ignored
+    };
+    answer(
+        StatusCode::ACCEPTED,
+        result,
+        json!({"planning": planning, "refused": refused}),
+    )
 }
 
 /// Runs `act` on every source; the names of those it acted on (returned `Some`).
@@ -179,20 +282,20 @@ fn act_on(shared: &Shared, act: impl Fn(&SourceHandle) -> Option<()>) -> Vec<Str
 
 /// 202 with the sources acted on under `key`; `ignored` in the metric when there are none.
 fn accepted(
-    answer: impl FnOnce(StatusCode, &str, serde_json::Value) -> Response,
+    answer: impl FnOnce(StatusCode, Delivery, serde_json::Value) -> Response,
     key: &str,
     sources: Vec<String>,
 ) -> Response {
     let result = if sources.is_empty() {
-        "ignored"
+        Delivery::Ignored
     } else {
-        "accepted"
+        Delivery::Accepted
     };
     answer(StatusCode::ACCEPTED, result, json!({ key: sources }))
 }
 
 fn bad_payload(
-    answer: impl FnOnce(StatusCode, &str, serde_json::Value) -> Response,
+    answer: impl FnOnce(StatusCode, Delivery, serde_json::Value) -> Response,
     err: &webhook::WebhookError,
 ) -> Response {
     answer(

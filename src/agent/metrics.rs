@@ -1,13 +1,16 @@
 //! The agent's Prometheus metrics, as one registered struct (`GET /metrics`).
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::webhook::{Delivery, Event};
 use crate::cluster::RequestCounter;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -21,10 +24,23 @@ pub struct ResultLabels {
     pub result: String,
 }
 
+/// Both labels come from fixed sets, whatever a caller sends: a bounded number of series.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WebhookLabels {
-    pub event: String,
-    pub result: String,
+    pub event: Event,
+    pub result: Delivery,
+}
+
+impl EncodeLabelValue for Event {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
+}
+
+impl EncodeLabelValue for Delivery {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.as_str())
+    }
 }
 
 /// Every metric the agent exports; cheap to clone (the metrics are shared handles).
@@ -36,6 +52,7 @@ pub struct Metrics {
     pub drift_objects: Family<SourceLabel, Gauge>,
     pub git_fetch: Family<ResultLabels, Counter>,
     pub webhook_deliveries: Family<WebhookLabels, Counter>,
+    pub pull_requests_dropped: Family<SourceLabel, Counter>,
 }
 
 fn duration_histogram() -> Histogram {
@@ -53,6 +70,7 @@ impl Metrics {
             drift_objects: Family::default(),
             git_fetch: Family::default(),
             webhook_deliveries: Family::default(),
+            pull_requests_dropped: Family::default(),
         };
         let mut registry = Registry::with_prefix("meshops");
         registry.register(
@@ -85,6 +103,11 @@ impl Metrics {
             "GitHub webhook deliveries by event and result",
             metrics.webhook_deliveries.clone(),
         );
+        registry.register(
+            "pull_request_plans_dropped",
+            "Pull requests dropped from a source's plan queue because it was full",
+            metrics.pull_requests_dropped.clone(),
+        );
         registry.register_collector(Box::new(ApiRequests(requests)));
         (metrics, registry)
     }
@@ -112,11 +135,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn delivery(&self, event: &str, result: &str) {
+    pub fn delivery(&self, event: Event, result: Delivery) {
         self.webhook_deliveries
-            .get_or_create(&WebhookLabels {
-                event: event.into(),
-                result: result.into(),
+            .get_or_create(&WebhookLabels { event, result })
+            .inc();
+    }
+
+    pub fn pull_request_dropped(&self, source: &str) {
+        self.pull_requests_dropped
+            .get_or_create(&SourceLabel {
+                source: source.into(),
             })
             .inc();
     }

@@ -188,6 +188,9 @@ pub async fn run(
         registry,
         webhook_secret,
         deliveries: Mutex::new(webhook::Deliveries::default()),
+        failures: Mutex::new(webhook::FailureLimiter::new(
+            webhook::FailureLimits::default(),
+        )),
         term: leadership.term.clone(),
     });
     tracing::info!(
@@ -196,8 +199,9 @@ pub async fn run(
         identity = options.identity,
         "agent started"
     );
-    let server = axum::serve(listener, http::router(shared))
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+    let app = http::router(shared).into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
     if let Err(err) = server.await {
         tracing::error!(error = %err, "the HTTP server failed");
         shutdown.cancel();

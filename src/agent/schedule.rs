@@ -66,6 +66,12 @@ impl Pending {
         self.0.is_empty()
     }
 
+    /// Whether anything but a pull-request plan waits: a sync or a drift check, which go
+    /// before plans.
+    pub fn beyond_pull_requests(&self) -> bool {
+        self.0.iter().any(|t| *t != Trigger::PullRequest)
+    }
+
     /// Takes everything pending as one piece of work, and the triggers it serves. A sync
     /// also measures drift, so a drift tick waiting beside any other trigger is served by it.
     pub fn take(&mut self) -> Option<(Work, Vec<Trigger>)> {

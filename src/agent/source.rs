@@ -5,7 +5,6 @@
 //! waits for it. Every pass runs inside the current leadership term and is dropped the
 //! moment the term ends (shutdown, a lost Lease).
 
-use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use tracing::Instrument;
 use super::leader::Term;
 use super::memory;
 use super::pass::{now_text, Context, Done, Watch, Worker};
+use super::pull::{PullQueue, Queued, Waiting};
 use super::schedule::{jittered, Pending, Trigger, Work};
 use super::state::{Outcome, Rollout, SourceState, Step};
 use crate::git;
@@ -37,18 +37,20 @@ struct Shown {
 pub struct SourceHandle {
     pub config: SourceConfig,
     pending: Mutex<Pending>,
-    /// Pull requests waiting for a plan (a push to one while it waits plans the newest head).
-    pulls: Mutex<BTreeSet<u64>>,
+    /// Pull requests waiting for a plan (a push to one while it waits plans the newest head),
+    /// at most `pullRequests.maxQueued`.
+    pulls: Mutex<PullQueue>,
     wake: Notify,
     shown: Mutex<Shown>,
 }
 
 impl SourceHandle {
     pub fn new(config: SourceConfig) -> SourceHandle {
+        let max_queued = config.max_queued_pull_requests();
         SourceHandle {
             config,
             pending: Mutex::new(Pending::default()),
-            pulls: Mutex::new(BTreeSet::new()),
+            pulls: Mutex::new(PullQueue::new(max_queued)),
             wake: Notify::new(),
             shown: Mutex::new(Shown::default()),
         }
@@ -62,19 +64,29 @@ impl SourceHandle {
         self.wake.notify_one();
     }
 
-    /// Asks for a plan of pull request `number`, after the current pass.
-    pub fn plan_pull_request(&self, number: u64) {
-        if let Ok(mut pulls) = self.pulls.lock() {
-            pulls.insert(number);
-        }
+    /// Asks for a plan of pull request `number` at `head`, after the current pass and any
+    /// deploy waiting; what it did to the queue (a full queue drops the oldest request).
+    pub fn plan_pull_request(&self, number: u64, head: &str) -> Queued {
+        let queued = match self.pulls.lock() {
+            Ok(mut pulls) => pulls.push(number, head),
+            Err(_) => return Queued::Added,
+        };
         self.trigger(Trigger::PullRequest);
+        queued
     }
 
-    fn take_pull_requests(&self) -> Vec<u64> {
-        self.pulls
+    /// The next pull request to plan — none while a deploy (any trigger but a pull request)
+    /// is waiting: a plan never delays a deploy, the loop comes back to the plans after it.
+    fn next_pull_request(&self) -> Option<Waiting> {
+        let deploy_waiting = self
+            .pending
             .lock()
-            .map(|mut p| std::mem::take(&mut *p).into_iter().collect())
-            .unwrap_or_default()
+            .map(|p| p.beyond_pull_requests())
+            .unwrap_or(false);
+        if deploy_waiting {
+            return None;
+        }
+        self.pulls.lock().ok()?.pop()
     }
 
     fn take(&self) -> Option<(Work, Vec<Trigger>)> {
@@ -203,11 +215,16 @@ pub async fn run(
                 source.serve(work, &triggers, &token).await;
                 next_retry = source.retry_at();
             }
-            for number in handle.take_pull_requests() {
-                let span = tracing::info_span!("plan", source = config.name, pull_request = number);
+            while let Some(pull) = handle.next_pull_request() {
+                let span = tracing::info_span!(
+                    "plan",
+                    source = config.name,
+                    pull_request = pull.number,
+                    head = pull.head
+                );
                 tokio::select! {
                     _ = token.cancelled() => break,
-                    _ = source.worker.plan_pull_request(number).instrument(span) => {}
+                    _ = source.worker.plan_pull_request(pull.number).instrument(span) => {}
                 }
             }
             memory::release();
@@ -353,5 +370,53 @@ impl Source {
         let delay = delay.min(poll);
         tracing::info!(source = self.handle.config.name, retry_in = ?delay, failures = state.backoff().failures(), "will retry");
         Some(Instant::now() + delay)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle(max_queued: u32) -> SourceHandle {
+        SourceHandle::new(
+            serde_json::from_value(json!({
+                "name": "prod", "url": "file:///mirror",
+                "pullRequests": {"maxQueued": max_queued},
+            }))
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn pull_request_plans_wait_while_a_deploy_is_pending() {
+        let handle = handle(5);
+        assert_eq!(handle.plan_pull_request(7, "a"), Queued::Added);
+        assert_eq!(handle.plan_pull_request(8, "b"), Queued::Added);
+        handle.trigger(Trigger::Webhook);
+        assert_eq!(handle.next_pull_request(), None, "the push goes first");
+        let (work, _) = handle.take().unwrap();
+        assert_eq!(work, Work::Sync { force: false });
+        assert_eq!(handle.next_pull_request().map(|p| p.number), Some(7));
+        handle.trigger(Trigger::Drift);
+        assert_eq!(handle.next_pull_request(), None, "so does a drift check");
+        handle.take();
+        assert_eq!(handle.next_pull_request().map(|p| p.number), Some(8));
+        assert_eq!(handle.next_pull_request(), None);
+    }
+
+    #[test]
+    fn the_queue_holds_max_queued_pull_requests() {
+        let handle = handle(2);
+        handle.plan_pull_request(1, "a");
+        handle.plan_pull_request(2, "b");
+        assert_eq!(handle.plan_pull_request(2, "c"), Queued::Renewed);
+        assert!(matches!(
+            handle.plan_pull_request(3, "d"),
+            Queued::Displaced(Waiting { number: 1, .. })
+        ));
+        let left: Vec<(u64, String)> = std::iter::from_fn(|| handle.next_pull_request())
+            .map(|p| (p.number, p.head))
+            .collect();
+        assert_eq!(left, [(2, "c".to_owned()), (3, "d".to_owned())]);
     }
 }

@@ -130,6 +130,33 @@ pub struct SourceConfig {
     #[schemars(regex(pattern = DURATION_PATTERN))]
     pub rollout_timeout: Option<String>,
     pub github: Option<GithubConfig>,
+    /// Which pull requests against the followed branch are planned, and how many plans may
+    /// wait (needs `github`).
+    pub pull_requests: Option<PullRequestPolicy>,
+}
+
+/// Pull-request plans run server-side dry-runs with the source's own identity, so who may
+/// ask for one is a policy, not "anyone who can open a pull request": by default a pull
+/// request is planned when its head is a branch of the same repository (its author could
+/// push there) or its author is the repository's OWNER, a MEMBER of its organisation or a
+/// COLLABORATOR — as GitHub Actions withholds secrets from forks and Atlantis refuses fork
+/// pull requests unless allowed.
+#[skip_serializing_none]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PullRequestPolicy {
+    /// Also plan pull requests from forks opened by anyone else (contributors, first-timers,
+    /// strangers); default false: those are refused, logged and counted, never planned.
+    pub forks: Option<bool>,
+    /// How many pull requests may wait for a plan (default 5); past it the one waiting
+    /// longest is dropped (logged and counted) — a new push to it queues it again.
+    #[schemars(range(min = 1, max = 100))]
+    pub max_queued: Option<u32>,
+}
+
+impl PullRequestPolicy {
+    /// Pull-request plans that may wait per source unless configured.
+    pub const DEFAULT_MAX_QUEUED: usize = 5;
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -243,6 +270,22 @@ impl SourceConfig {
         self.reference
             .clone()
             .unwrap_or_else(|| GitRef::Branch("main".into()))
+    }
+
+    /// Whether pull requests from forks by authors without write access are planned.
+    pub fn plans_forks(&self) -> bool {
+        self.pull_requests
+            .as_ref()
+            .and_then(|p| p.forks)
+            .unwrap_or(false)
+    }
+
+    /// How many pull-request plans may wait (at least 1).
+    pub fn max_queued_pull_requests(&self) -> usize {
+        self.pull_requests
+            .as_ref()
+            .and_then(|p| p.max_queued)
+            .map_or(PullRequestPolicy::DEFAULT_MAX_QUEUED, |n| n.max(1) as usize)
     }
 
     pub fn path(&self) -> &str {

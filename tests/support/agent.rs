@@ -112,6 +112,22 @@ impl Answer {
     }
 }
 
+/// An HTTP answer with its headers (names in lower case).
+pub struct RawAnswer {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl RawAnswer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 fn client() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -172,6 +188,57 @@ impl AgentProcess {
 
     pub fn get(&self, path: &str) -> Option<Answer> {
         Self::answer(client().get(&self.url(path)).call())
+    }
+
+    /// POST from the loopback address `local` (any 127.x.y.z on Linux), so that the agent
+    /// sees another client; the answer with its headers. Needs a Tokio runtime handle (a
+    /// `spawn_blocking` thread has one).
+    pub fn post_from(
+        &self,
+        local: std::net::Ipv4Addr,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> RawAnswer {
+        let port = self.port;
+        let mut request = format!(
+            "POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\
+             Content-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(body);
+        let raw = tokio::runtime::Handle::current().block_on(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.bind((local, 0).into()).unwrap();
+            let mut stream = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+            stream.write_all(&bytes).await.unwrap();
+            let mut out = Vec::new();
+            stream.read_to_end(&mut out).await.unwrap();
+            out
+        });
+        let text = String::from_utf8_lossy(&raw).into_owned();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("not an HTTP answer: {text}"));
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        RawAnswer {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
     }
 
     pub fn post(&self, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
@@ -277,6 +344,25 @@ pub fn push_event(full_name: &str, clone_url: &str, reference: &str, after: &str
                         "html_url": format!("https://github.com/{full_name}")},
         "pusher": {"name": "someone"},
     })
+    .to_string()
+    .into_bytes()
+}
+
+/// A GitHub pull_request event: #`number` against `main` of acme/functions at `head`, from
+/// a branch of `head_repo` (`None`: a deleted fork), opened by someone whose
+/// `author_association` is `association`.
+pub fn pull_request_event(
+    number: u64,
+    head: &str,
+    head_repo: Option<&str>,
+    association: &str,
+) -> Vec<u8> {
+    serde_json::json!({"action": "opened", "number": number,
+        "pull_request": {"head": {"sha": head,
+                                  "repo": head_repo.map(|r| serde_json::json!({"full_name": r}))},
+                         "base": {"ref": "main"},
+                         "author_association": association},
+        "repository": {"full_name": "acme/functions"}})
     .to_string()
     .into_bytes()
 }
