@@ -242,19 +242,10 @@ async fn the_agent_shows_no_credential_in_its_log_api_metrics_or_reports() {
         repo.git(&["update-ref", "refs/pull/7/head", &head]);
         repo.git(&["checkout", "-q", "main"]);
         let event = serde_json::json!({"action": "opened", "number": 7,
-            "pull_request": {"head": {"sha": head}, "base": {"ref": "main"}},
+            "pull_request": {"head": {"sha": head, "repo": {"full_name": REPO}}, "base": {"ref": "main"}},
             "repository": {"full_name": REPO}})
         .to_string();
-        let signature = meshops::agent::webhook::sign(webhook_secret.as_bytes(), event.as_bytes());
-        let answer = agent.post(
-            "/webhooks/github",
-            &[
-                ("X-GitHub-Event", "pull_request"),
-                ("X-GitHub-Delivery", "pr-7"),
-                ("X-Hub-Signature-256", &signature),
-            ],
-            event.as_bytes(),
-        );
+        let answer = agent.webhook(&webhook_secret, "pull_request", "pr-7", event.as_bytes());
         assert_eq!(answer.status, 202, "{}", answer.body);
         agent.wait_for("the plan comment", Duration::from_secs(30), |_| {
             !fake.comments(7).is_empty()
