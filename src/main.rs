@@ -2,7 +2,6 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 /// Rendering builds and drops hundreds of thousands of small JSON values; mimalloc does that
@@ -48,7 +47,10 @@ fn main() -> ExitCode {
             )
         };
     }
-    let cli = meshops::cli::Cli::parse();
+    let cli = match meshops::cli::parse() {
+        Ok(cli) => cli,
+        Err(code) => return code,
+    };
     // At the default level only meshops itself speaks: errors are printed once by the
     // command, and a library's own lines (the kube client's TLS-bypass warning, its logged
     // connection errors) appear from -v on.

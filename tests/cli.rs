@@ -85,14 +85,131 @@ fn strict_turns_warnings_into_errors() {
     );
 }
 
+/// Every error exits 1, whatever the subcommand and whatever failed, as terraform: 2 is
+/// left to mean "changes" for `plan --detailed-exitcode` (tests/cli_cluster.rs).
 #[test]
-fn usage_and_io_errors_exit_2() {
-    assert_eq!(meshops(&["validate", "no/such/dir"]).status.code(), Some(2));
-    assert_eq!(
-        meshops(&["validate", "--frobnicate"]).status.code(),
-        Some(2)
+fn every_error_exits_1_usage_and_io_included() {
+    let code = |args: &[&str]| meshops(args).status.code();
+    // I/O: a path that does not exist.
+    assert_eq!(code(&["validate", "no/such/dir"]), Some(1));
+    assert_eq!(code(&["render", "no/such/dir"]), Some(1));
+    // Usage: an unknown flag or value, a missing argument, no subcommand at all.
+    for args in [
+        &["validate", "--frobnicate"][..],
+        &["render", "--frobnicate"],
+        &["plan", "--frobnicate"],
+        &["plan", "--detailed-exitcode", "--frobnicate"],
+        &[
+            "plan",
+            "--detailed-exitcode",
+            "-o",
+            "yaml",
+            "examples/staging",
+        ],
+        &["apply", "--timeout", "soon", "examples/staging"],
+        &["status", "--frobnicate"],
+        &["agent"],
+        &["crds", "--frobnicate"],
+        &["schema", "--frobnicate"],
+        &["frobnicate"],
+        &[],
+    ] {
+        let out = meshops(args);
+        assert_eq!(out.status.code(), Some(1), "meshops {args:?}");
+        assert!(
+            !out.stderr.is_empty() && out.stdout.is_empty(),
+            "meshops {args:?}: clap's message on stderr"
+        );
+    }
+    // An unknown kind.
+    assert_eq!(code(&["schema", "Deployment"]), Some(1));
+    // Invalid manifests stop plan and apply before any cluster is asked, also with
+    // --detailed-exitcode.
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write(
+        dir.path(),
+        "bad/f.yaml",
+        "apiVersion: v1\nkind: ConfigMap\n",
     );
-    assert_eq!(meshops(&["schema", "Deployment"]).status.code(), Some(2));
+    let bad = bad.parent().unwrap().to_str().unwrap();
+    assert_eq!(code(&["validate", bad]), Some(1));
+    assert_eq!(code(&["render", bad]), Some(1));
+    assert_eq!(code(&["plan", bad, "--detailed-exitcode"]), Some(1));
+    assert_eq!(code(&["apply", bad]), Some(1));
+    assert_eq!(code(&["status", bad]), Some(1));
+    // A kubeconfig context that does not exist (found before any request is sent: a server
+    // that refuses connections is retried for seconds; tests/cli_cluster.rs has cluster
+    // errors).
+    let kubeconfig = write(
+        dir.path(),
+        "kubeconfig",
+        "apiVersion: v1\nkind: Config\ncurrent-context: c\n\
+         clusters: [{name: c, cluster: {server: 'http://127.0.0.1:1'}}]\n\
+         contexts: [{name: c, context: {cluster: c, user: u}}]\n\
+         users: [{name: u, user: {}}]\n",
+    );
+    let kubeconfig = kubeconfig.to_str().unwrap();
+    for command in ["plan", "apply", "status"] {
+        let args = [
+            command,
+            "examples/staging",
+            "--kubeconfig",
+            kubeconfig,
+            "--context",
+            "nope",
+        ];
+        let out = meshops(&args);
+        assert_eq!(out.status.code(), Some(1), "meshops {args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("error: ") && err.contains("nope"), "{err}");
+    }
+    let args = [
+        "plan",
+        "examples/staging",
+        "--detailed-exitcode",
+        "--context",
+        "nope",
+    ];
+    assert_eq!(
+        code(&[&args[..], &["--kubeconfig", kubeconfig]].concat()),
+        Some(1)
+    );
+    // An agent config that is not valid.
+    let config = write(
+        dir.path(),
+        "agent.yaml",
+        "apiVersion: meshops.io/v1alpha1\nkind: AgentConfig\nspec: {}\n",
+    );
+    assert_eq!(
+        code(&["agent", "--check", "--config", config.to_str().unwrap()]),
+        Some(1)
+    );
+}
+
+/// Help and the version are what was asked for: exit 0, on stdout.
+#[test]
+fn help_and_version_exit_0() {
+    for args in [
+        &["--help"][..],
+        &["--version"],
+        &["help"],
+        &["plan", "--help"],
+        &["apply", "-h"],
+        &["validate", "--version"],
+    ] {
+        let out = meshops(args);
+        assert_eq!(out.status.code(), Some(0), "meshops {args:?}");
+        assert!(!out.stdout.is_empty(), "meshops {args:?}");
+    }
+    assert_eq!(meshops(&["crds"]).status.code(), Some(0));
+    assert_eq!(meshops(&["schema", "Function"]).status.code(), Some(0));
+    assert_eq!(meshops(&["schema", "--list"]).status.code(), Some(0));
+    assert_eq!(
+        meshops(&["render", "examples/staging"]).status.code(),
+        Some(0)
+    );
+    let check = ["agent", "--check", "--config", "examples/agent.yaml"];
+    assert_eq!(meshops(&check).status.code(), Some(0));
 }
 
 #[test]
@@ -106,6 +223,29 @@ fn help_documents_exit_codes_and_examples() {
         "meshops validate examples/",
     ] {
         assert!(help.contains(needle), "--help lacks {needle}:\n{help}");
+    }
+}
+
+#[test]
+fn plan_and_apply_help_document_their_exit_codes_and_prune() {
+    let plan = stdout(&meshops(&["plan", "--help"]));
+    for needle in [
+        "Exit status:",
+        "0  success: no changes, or changes without --detailed-exitcode",
+        "1  any error: invalid manifests, usage,",
+        "2  changes, with --detailed-exitcode only",
+        "--prune",
+        "--allow-empty",
+        "would be pruned with --prune",
+    ] {
+        assert!(plan.contains(needle), "plan --help lacks {needle}:\n{plan}");
+    }
+    let apply = stdout(&meshops(&["apply", "--help"]));
+    for needle in ["Exit status:", "0  applied", "1  any error", "--prune"] {
+        assert!(
+            apply.contains(needle),
+            "apply --help lacks {needle}:\n{apply}"
+        );
     }
 }
 

@@ -202,7 +202,8 @@ async fn an_apply_completes_one_that_was_interrupted() {
             inventory["data"]["pending"] = "killed".into();
         });
     }
-    let (code, out, err, _dir) = run_against(&server, &["plan", "examples/staging"]).await;
+    let args = ["plan", "examples/staging", "--prune"];
+    let (code, out, err, _dir) = run_against(&server, &args).await;
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
         err.contains("note: an apply of revision killed to source \"staging\" did not finish"),
@@ -230,4 +231,226 @@ async fn an_apply_completes_one_that_was_interrupted() {
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(err.contains(" 0 writes"), "{err}");
     assert!(!err.contains("did not finish"), "{err}");
+}
+
+/// examples/staging copied into a temporary directory named `staging`, to edit.
+fn staging_copy() -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = dir.path().join("staging");
+    std::fs::create_dir_all(&repo).unwrap();
+    let examples = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/staging");
+    for entry in std::fs::read_dir(examples).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, repo.join(path.file_name().unwrap())).unwrap();
+    }
+    (dir, repo)
+}
+
+fn edit(path: &std::path::Path, from: &str, to: &str) {
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains(from), "{} has no {from:?}", path.display());
+    std::fs::write(path, text.replacen(from, to, 1)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_function_mesh_member_keeps_its_owner_references_in_the_plan() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let (_dir, repo) = staging_copy();
+    let repo_arg = repo.to_str().unwrap();
+    let (code, out, err, _k) = run_against(&server, &["apply", repo_arg]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let sts = server
+        .find("StatefulSet", "iot-pipeline-enrich-function")
+        .unwrap();
+    assert_eq!(
+        sts["metadata"]["ownerReferences"][0]["name"], "iot-pipeline-enrich",
+        "{sts:#}"
+    );
+    edit(
+        &repo.join("iot-pipeline.yaml"),
+        "registry.example.com/iot/enrich:1.4.2",
+        "registry.example.com/iot/enrich:1.4.3",
+    );
+    let args = ["plan", repo_arg, "--detailed-exitcode"];
+    let (code, out, err, _k) = run_against(&server, &args).await;
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(
+        out.contains("~ apps/v1/StatefulSet staging/iot-pipeline-enrich-function"),
+        "{out}"
+    );
+    assert!(
+        out.contains("+        image: registry.example.com/iot/enrich:1.4.3"),
+        "{out}"
+    );
+    assert!(!out.contains("ownerReferences"), "apply keeps them: {out}");
+}
+
+/// The lines of a printed plan that say what happens to an object, and its summary: what
+/// `plan` and `apply` print alike (plan adds the diffs).
+fn plan_lines(stdout: &str) -> Vec<&str> {
+    let change = regex::Regex::new(r"^(\+|\+~|~|-/\+|-|!|=|\(-\)) \S+/\S+ \S*/\S+ \(").unwrap();
+    stdout
+        .lines()
+        .filter(|l| change.is_match(l) || l.starts_with("Plan: ") || l.starts_with("No changes."))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_deletes_only_with_prune_and_apply_prints_the_plan_it_executes() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let (_dir, repo) = staging_copy();
+    let repo_arg = repo.to_str().unwrap();
+    let (code, out, err, _k) = run_against(&server, &["apply", repo_arg]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    std::fs::remove_file(repo.join("notifier.yaml")).unwrap();
+
+    // Without --prune: nothing to delete, nothing changes (exit 0 with --detailed-exitcode).
+    let args = ["plan", repo_arg, "--detailed-exitcode"];
+    let (code, plan, err, _k) = run_against(&server, &args).await;
+    assert_eq!(code, Some(0), "{plan}{err}");
+    let notifier = "compute.functionmesh.io/v1alpha1/Function staging/notifier";
+    assert!(
+        plan.contains(&format!(
+            "(-) {notifier} (removed from the repository; would be pruned with --prune)\n"
+        )),
+        "{plan}"
+    );
+    let prunable = plan_lines(&plan)
+        .iter()
+        .filter(|l| l.starts_with("(-) "))
+        .count();
+    assert!(
+        prunable >= 3,
+        "the Function, its StatefulSet and Service: {plan}"
+    );
+    assert!(
+        plan.ends_with(&format!(
+            "No changes. {prunable} objects removed from the repository would be pruned with --prune.\n"
+        )),
+        "{plan}"
+    );
+    assert!(
+        !plan.lines().any(|l| l.starts_with("- ")),
+        "no delete shown: {plan}"
+    );
+    assert!(!plan.contains("--- live"), "no diff of what stays: {plan}");
+
+    // apply without --prune prints that plan, deletes nothing and keeps the inventory entry.
+    let (code, out, err, _k) = run_against(&server, &["apply", repo_arg]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(out, format!("{plan}Applied 0 objects, deleted 0.\n"));
+    assert!(server.find("Function", "notifier").is_some());
+
+    // With --prune: deletes, counted, with their diffs; exit 2 with --detailed-exitcode.
+    let args = ["plan", repo_arg, "--prune", "--detailed-exitcode"];
+    let (code, plan, err, _k) = run_against(&server, &args).await;
+    assert_eq!(code, Some(2), "{plan}{err}");
+    assert!(
+        plan.contains(&format!("- {notifier} (removed from the repository)\n")),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&format!(
+            "Plan: 0 to create, 0 to change, 0 to recreate, {prunable} to delete.\n"
+        )),
+        "{plan}"
+    );
+    assert!(!plan.contains("(-) "), "{plan}");
+    assert!(
+        plan.contains("-kind: Function"),
+        "the delete's diff: {plan}"
+    );
+
+    // apply --prune prints the same lines and summary (without the diffs) and does them.
+    let args = ["apply", repo_arg, "--prune", "--dry-run"];
+    let (code, dry, err, _k) = run_against(&server, &args).await;
+    assert_eq!(code, Some(0), "{dry}{err}");
+    assert_eq!(plan_lines(&dry), plan_lines(&plan));
+    assert_eq!(
+        dry,
+        plan_lines(&plan).join("\n") + "\n",
+        "nothing but the plan"
+    );
+    // A delete the server refuses: exit 1, named, kept in the inventory for the next apply.
+    server
+        .0
+        .lock()
+        .unwrap()
+        .refuse_delete
+        .insert("notifier".into());
+    let (code, out, err, _k) = run_against(&server, &["apply", repo_arg, "--prune"]).await;
+    assert_eq!(code, Some(1), "{out}{err}");
+    assert!(out.starts_with(&dry), "the plan first: {out}");
+    assert!(
+        out.contains(&format!("Applied 0 objects, deleted {}.\n", prunable - 1)),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("could not delete {notifier}: ")),
+        "{out}"
+    );
+    server.0.lock().unwrap().refuse_delete.clear();
+    let (code, out, err, _k) = run_against(&server, &["apply", repo_arg, "--prune"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_eq!(
+        out,
+        format!(
+            "- {notifier} (removed from the repository)\n\
+             Plan: 0 to create, 0 to change, 0 to recreate, 1 to delete.\n\
+             Applied 0 objects, deleted 1.\n"
+        ),
+        "{err}"
+    );
+    assert!(server.find("Function", "notifier").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_with_prune_of_an_empty_repository_fails_as_its_apply_would() {
+    let server = FakeApiServer::new(&["default", "staging"], true);
+    let (code, out, err, _k) = run_against(&server, &["apply", "examples/staging"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    let empty = tempfile::tempdir().unwrap();
+    let empty = empty.path().to_str().unwrap();
+    let refused = "the repository renders no objects but the inventory lists 25; refusing to \
+                   prune everything (pass --allow-empty if that is really wanted)";
+    for command in ["plan", "apply"] {
+        let args = [
+            command,
+            empty,
+            "--source",
+            "staging",
+            "--prune",
+            "--detailed-exitcode",
+        ];
+        let args = if command == "apply" {
+            &args[..5]
+        } else {
+            &args[..]
+        };
+        let (code, out, err, _k) = run_against(&server, args).await;
+        assert_eq!(code, Some(1), "meshops {args:?}: {out}{err}");
+        assert!(err.contains(refused), "{err}");
+    }
+    let args = [
+        "plan",
+        empty,
+        "--source",
+        "staging",
+        "--prune",
+        "--allow-empty",
+    ];
+    let (code, out, err, _k) =
+        run_against(&server, &[&args[..], &["--detailed-exitcode"]].concat()).await;
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert!(out.contains("0 to recreate, 25 to delete."), "{out}");
+    // Without --prune the same repository deletes nothing, and says so.
+    let args = ["plan", empty, "--source", "staging", "--detailed-exitcode"];
+    let (code, out, err, _k) = run_against(&server, &args).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.ends_with(
+            "No changes. 25 objects removed from the repository would be pruned with --prune.\n"
+        ),
+        "{out}"
+    );
 }

@@ -688,6 +688,49 @@ async fn e2e_against_a_real_api_server() {
     edit(&secret, "password: n3w-s3cr3t", "password: replace-me");
     steps.done("Secret change planned with values masked (text and base64)");
 
+    // A FunctionMesh member changed in the repository: the plan shows the change and no
+    // ownerReferences line (apply keeps them), and apply keeps them indeed.
+    let mesh = repo.join("staging/iot-pipeline.yaml");
+    edit(&mesh, "iot/enrich:1.4.2", "iot/enrich:1.4.3");
+    edit(
+        &mesh,
+        "groupId: pulsar-iot-staging",
+        "groupId: pulsar-iot-staging-2",
+    );
+    edit(
+        &mesh,
+        "indexName: iot-readings-staging",
+        "indexName: iot-readings-2",
+    );
+    let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
+    out.exits(2);
+    for member in ["enrich-function", "readings-source", "elastic-sink"] {
+        out.prints(&format!(
+            "~ apps/v1/StatefulSet {staging}/iot-pipeline-{member} (the repository changed)"
+        ));
+    }
+    out.prints("+        image: registry.example.com/iot/enrich:1.4.3");
+    assert!(
+        !out.stdout.contains("ownerReferences"),
+        "apply keeps the ownerReferences of a mesh member: {out}"
+    );
+    let out = run(with(&["apply", repo_arg, "--revision", "rev-2-mesh"]));
+    out.exits(0);
+    let member = statefulsets
+        .get("iot-pipeline-enrich-function")
+        .await
+        .unwrap();
+    let owner = &member.metadata.owner_references.unwrap_or_default()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Function", "iot-pipeline-enrich")
+    );
+    let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
+    out.exits(0);
+    steps.done(
+        "FunctionMesh member changed: planned without an ownerReferences line, applied with them",
+    );
+
     // An immutable StatefulSet field: recreate.
     let mut changed = render_dir(&repo, "examples");
     let sts = changed
@@ -835,6 +878,20 @@ async fn e2e_against_a_real_api_server() {
         .await
         .unwrap();
     std::fs::remove_file(repo.join("staging/notifier.yaml")).unwrap();
+    // The plan of an apply without --prune deletes nothing; with --prune it deletes.
+    let notifier_line = format!(
+        "compute.functionmesh.io/v1alpha1/Function {staging}/notifier (removed from the repository"
+    );
+    let out = run(with(&["plan", repo_arg, "--detailed-exitcode"]));
+    out.exits(0);
+    out.prints(&format!(
+        "(-) {notifier_line}; would be pruned with --prune)"
+    ));
+    out.prints("No changes. 3 objects removed from the repository would be pruned with --prune.");
+    let out = run(with(&["plan", repo_arg, "--prune", "--detailed-exitcode"]));
+    out.exits(2);
+    out.prints(&format!("- {notifier_line})"));
+    out.prints("0 to recreate, 3 to delete.");
     let out = run(with(&["apply", repo_arg, "--prune", "--revision", "rev-6"]));
     out.exits(0);
     let mut deleted: Vec<&str> = out

@@ -59,7 +59,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         Ok(config) => config,
         Err(validation) => {
             print_diagnostics(&validation);
-            return Ok(exit::INVALID);
+            return Ok(exit::ERROR);
         }
     };
     if args.check {
@@ -98,7 +98,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
             Ok(()) => exit::OK,
             Err(err) => {
                 eprintln!("error: {err}");
-                exit::INVALID
+                exit::ERROR
             }
         }
     });

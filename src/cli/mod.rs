@@ -100,13 +100,31 @@ impl LoadArgs {
     }
 }
 
-/// Exit codes, as documented in `--help`.
+/// Exit codes, the same for every subcommand (README "Exit status", each `--help`). As
+/// terraform: any error is 1, whatever failed (invalid manifests, usage, I/O, the cluster), so
+/// that 2 can only mean "changes" for `plan --detailed-exitcode` and a script never takes an
+/// error for changes or the other way round.
 pub mod exit {
+    /// Success; for `plan`, also "changes" when `--detailed-exitcode` is not given.
     pub const OK: u8 = 0;
-    pub const INVALID: u8 = 1;
-    pub const USAGE_OR_IO: u8 = 2;
+    /// Any error, usage errors included.
+    pub const ERROR: u8 = 1;
     /// `plan --detailed-exitcode` with changes (as terraform).
     pub const CHANGES: u8 = 2;
+}
+
+/// Parses the command line. Help and `--version` print to stdout and exit 0; any usage error
+/// exits [`exit::ERROR`] rather than clap's 2, which `plan --detailed-exitcode` gives "changes".
+pub fn parse() -> Result<Cli, ExitCode> {
+    Cli::try_parse().map_err(|err| {
+        // Printing can only fail on a closed stream; nothing is left to tell then.
+        let _ = err.print();
+        ExitCode::from(if err.use_stderr() {
+            exit::ERROR
+        } else {
+            exit::OK
+        })
+    })
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -132,7 +150,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Err(err) => {
             eprintln!("error: {err:#}");
-            ExitCode::from(exit::USAGE_OR_IO)
+            ExitCode::from(exit::ERROR)
         }
     }
 }

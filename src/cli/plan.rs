@@ -17,11 +17,17 @@ Reads the cluster with one LIST per kind and namespace, decides what changed fro
 annotation and the fields meshops owns (managedFields), and asks the API server for a dry-run
 of the changed objects only. Secret values are masked in every diff.
 
-Exit status: 0 no changes (or changes without --detailed-exitcode), 1 error or invalid
-manifests, 2 changes with --detailed-exitcode (as terraform).
+The plan is that of `meshops apply` with the same flags: without --prune an object removed
+from the repository is shown as \"would be pruned with --prune\" and not counted as a delete
+(nor as a change); with --prune it is a delete.
+
+Exit status:
+  0  success: no changes, or changes without --detailed-exitcode
+  1  any error: invalid manifests, usage, I/O, cluster, a prune of everything refused
+  2  changes, with --detailed-exitcode only (as terraform)
 
 Examples:
-  meshops plan examples/prod --context prod
+  meshops plan examples/prod --context prod --prune
   meshops plan -o markdown --detailed-exitcode . > plan.md
   GITHUB_TOKEN=… meshops plan clusters/prod --github-comment acme/functions#42";
 
@@ -35,7 +41,13 @@ a user without the rights changes nothing. With --prune, objects in the inventor
 repository no longer renders are deleted (never those annotated meshops.io/prune: disabled).
 With --wait, apply follows every StatefulSet it changed until it is rolled out, fails fast on
 a stuck pod and exits 1 at --timeout naming each StatefulSet that is not ready. The status of
-every Function, Source and Sink it changed is written either way.
+every Function, Source and Sink it changed is written either way. It first prints the plan it
+executes: the lines and summary of `meshops plan` with the same flags, without the diffs.
+
+Exit status:
+  0  applied (or nothing to apply, or --dry-run)
+  1  any error: invalid manifests, usage, cluster, conflicts, RBAC, a refused delete,
+     a rollout that failed or timed out
 
 Examples:
   meshops apply examples/prod --context prod --prune --wait --timeout 10m
@@ -84,7 +96,10 @@ pub struct PlanArgs {
     #[arg(short, long, value_enum, default_value_t = PlanOutput::Text)]
     pub output: PlanOutput,
 
-    /// Exit 2 when there are changes.
+    #[command(flatten)]
+    pub prune: PruneArgs,
+
+    /// Exit 2 when there are changes (0 when there are none, 1 on any error).
     #[arg(long)]
     pub detailed_exitcode: bool,
 
@@ -95,11 +110,10 @@ pub struct PlanArgs {
     pub github_comment: Option<String>,
 }
 
+/// Pruning, shared by plan and apply so that a plan shows exactly the deletes of the apply
+/// with the same flags.
 #[derive(Debug, clap::Args)]
-pub struct ApplyArgs {
-    #[command(flatten)]
-    pub cluster: ClusterArgs,
-
+pub struct PruneArgs {
     /// Delete what the inventory lists and the repository no longer renders.
     #[arg(long)]
     pub prune: bool,
@@ -107,6 +121,15 @@ pub struct ApplyArgs {
     /// Prune even when the repository renders nothing.
     #[arg(long)]
     pub allow_empty: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    #[command(flatten)]
+    pub prune: PruneArgs,
 
     /// Show the plan and stop.
     #[arg(long)]
@@ -149,7 +172,7 @@ fn cluster_command(
         Ok(code) => Ok(code),
         Err(err) => {
             eprintln!("error: {err:#}");
-            Ok(exit::INVALID)
+            Ok(exit::ERROR)
         }
     }
 }
@@ -267,17 +290,20 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
         if let Err(validation) = reconcile::validated(&tree, args.cluster.mode.map(Into::into)) {
             super::render::print_diagnostics(&validation);
             runtime()?.block_on(comment_on_github(target, &source, Err(&validation)))?;
-            return Ok(exit::INVALID);
+            return Ok(exit::ERROR);
         }
     }
     cluster_command(async {
         let choices = ApplyChoices {
-            prune: true,
+            prune: args.prune.prune,
+            allow_empty: args.prune.allow_empty,
             ..Default::default()
         };
         let Some(p) = prepare(&args.cluster, choices).await? else {
-            return Ok(exit::INVALID);
+            return Ok(exit::ERROR);
         };
+        // A plan whose apply would refuse to run fails as that apply would.
+        sync::check_prune(&p.pass.plan, &p.pass.desired, &p.pass.live, &p.pass.options)?;
         let diffs = reconcile::diffs(&p.cluster, &p.pass).await?;
         let text = match args.output {
             PlanOutput::Text => plan::text(&p.pass.plan, &diffs),
@@ -306,15 +332,17 @@ pub fn run_plan(args: PlanArgs) -> anyhow::Result<u8> {
 pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
     cluster_command(async {
         let choices = ApplyChoices {
-            prune: args.prune,
-            allow_empty: args.allow_empty,
+            prune: args.prune.prune,
+            allow_empty: args.prune.allow_empty,
             revision: args.revision.clone(),
             take_over: args.take_over,
         };
         let Some(p) = prepare(&args.cluster, choices).await? else {
-            return Ok(exit::INVALID);
+            return Ok(exit::ERROR);
         };
         let mut stdout = std::io::stdout().lock();
+        // The plan this apply executes, as `meshops plan` with the same flags prints it (its
+        // lines and summary; the diffs would cost a dry-run per changed object).
         stdout.write_all(plan::text(&p.pass.plan, &Default::default()).as_bytes())?;
         if args.dry_run || p.pass.in_sync() {
             eprintln!("{}", cost(&p.cluster));
@@ -372,7 +400,7 @@ pub fn run_apply(args: ApplyArgs) -> anyhow::Result<u8> {
         Ok(if report.failed_deletes.is_empty() {
             exit::OK
         } else {
-            exit::INVALID
+            exit::ERROR
         })
     })
 }
@@ -394,7 +422,7 @@ pub struct StatusArgs {
 pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
     cluster_command(async {
         let Some(p) = prepare(&args.cluster, ApplyChoices::default()).await? else {
-            return Ok(exit::INVALID);
+            return Ok(exit::ERROR);
         };
         let mut rows = vec![[
             "KIND".to_owned(),
@@ -431,7 +459,7 @@ pub fn run_status(args: StatusArgs) -> anyhow::Result<u8> {
                 .changes
                 .iter()
                 .filter(|c| {
-                    c.action != crate::plan::Action::Unchanged
+                    c.action.is_change()
                         && c.object.namespace == cr.namespace
                         && (c.object.name == cr.name || c.object.name.starts_with(&workload))
                 })
@@ -515,6 +543,7 @@ impl sync::Progress for ApplyProgress {
             crate::plan::Action::Delete => "deleted",
             crate::plan::Action::Conflict => "taken over",
             crate::plan::Action::Keep => "kept",
+            crate::plan::Action::Prunable => "not pruned",
             crate::plan::Action::Unchanged => "unchanged",
         };
         match &self.0 {

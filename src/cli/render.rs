@@ -127,7 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .clone()
         .unwrap_or_else(|| source_name(&args.load));
     let Some((checked, settings)) = validated(&args.load, args.mode)? else {
-        return Ok(exit::INVALID);
+        return Ok(exit::ERROR);
     };
     let wanted = |object: &Object| {
         args.only.is_empty()

@@ -5,14 +5,13 @@ use std::io::{IsTerminal, Write};
 use anyhow::Context;
 
 use super::{exit, LoadArgs};
-use crate::load::LoadError;
 use crate::validate::{report, validate, Schemas, ValidateOptions};
 
 pub const AFTER_HELP: &str = "\
 Exit status:
   0  every document is valid (warnings allowed unless --strict)
-  1  at least one error
-  2  usage error, or a path or file could not be read
+  1  any error: at least one invalid document, a usage error, or a path or file that could
+     not be read (2 is never an error: it means \"changes\" for plan --detailed-exitcode)
 
 Examples:
   meshops validate examples/
@@ -56,16 +55,11 @@ pub fn run(args: Args) -> anyhow::Result<u8> {
         .lock()
         .write_all(text.as_bytes())
         .context("writing the report")?;
-    let unreadable = tree
-        .problems
-        .iter()
-        .any(|p| matches!(p.error, LoadError::Read { .. }));
-    Ok(if unreadable {
-        exit::USAGE_OR_IO
-    } else if validation.is_valid() {
+    // An unreadable path is reported as a diagnostic, so it fails validation like any error.
+    Ok(if validation.is_valid() {
         exit::OK
     } else {
-        exit::INVALID
+        exit::ERROR
     })
 }
 

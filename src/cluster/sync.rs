@@ -248,7 +248,8 @@ pub async fn diffs(
     for change in &plan.changes {
         let current = live.objects.get(&change.object);
         let text = match change.action {
-            Action::Unchanged | Action::Keep => continue,
+            // Nothing an apply of this plan would write (a prunable object stays).
+            Action::Unchanged | Action::Keep | Action::Prunable => continue,
             Action::Delete => plan::diff(current, None),
             Action::Recreate => {
                 let target = by_ref.get(&change.object).map(|v| with_owner(v, &owners));
@@ -426,7 +427,7 @@ fn permissions(plan: &Plan, live: &Live, options: &SyncOptions) -> BTreeSet<Perm
             Action::Adopt | Action::Update | Action::Conflict => &["patch"],
             Action::Recreate => &["delete", "create", "patch"],
             Action::Delete if options.prune => &["delete"],
-            Action::Delete | Action::Unchanged | Action::Keep => &[],
+            Action::Delete | Action::Unchanged | Action::Keep | Action::Prunable => &[],
         };
         for verb in verbs {
             add(verb, o, None);
@@ -487,15 +488,16 @@ async fn preflight(
     }
 }
 
-/// [`execute`], reporting each object to `progress`.
-pub async fn execute_with(
-    cluster: &Cluster,
+/// Refuses a prune of everything: the repository renders nothing while the inventory lists
+/// objects, and `allow_empty` is not set (an empty checkout is likelier than an intent).
+/// Checked by the apply before any write, and by a plan with prune, so that the plan fails
+/// as its apply would instead of showing deletes that never happen.
+pub fn check_prune(
     plan: &Plan,
     desired: &[Object],
     live: &Live,
     options: &SyncOptions,
-    progress: &dyn Progress,
-) -> Result<Report, SyncError> {
+) -> Result<(), SyncError> {
     let deletes = plan.count(Action::Delete);
     if desired.is_empty()
         && !live.inventory.is_empty()
@@ -507,6 +509,19 @@ pub async fn execute_with(
             count: live.inventory.len(),
         });
     }
+    Ok(())
+}
+
+/// [`execute`], reporting each object to `progress`.
+pub async fn execute_with(
+    cluster: &Cluster,
+    plan: &Plan,
+    desired: &[Object],
+    live: &Live,
+    options: &SyncOptions,
+    progress: &dyn Progress,
+) -> Result<Report, SyncError> {
+    check_prune(plan, desired, live, options)?;
     let conflicts: Vec<(ObjectRef, String)> = plan
         .changes
         .iter()

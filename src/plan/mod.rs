@@ -21,6 +21,8 @@ use crate::render::{sensitive, sorted, Object, SOURCE_LABEL, SPEC_HASH};
 pub const FIELD_MANAGER: &str = "meshops";
 /// An object carrying this annotation is never pruned.
 pub const PRUNE_ANNOTATION: &str = "meshops.io/prune";
+/// The reason of an [`Action::Prunable`] object.
+pub const PRUNABLE_REASON: &str = "removed from the repository; would be pruned with --prune";
 
 /// Which object, independent of its content.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -75,6 +77,10 @@ pub enum Action {
     Conflict,
     /// Removed from the repository but annotated `meshops.io/prune: disabled`: left alone.
     Keep,
+    /// Removed from the repository while the apply runs without prune: left in the cluster
+    /// and kept in the inventory, so that a later apply with prune deletes it. Its own action,
+    /// not a delete, so that a plan never shows (or counts) a delete its apply skips.
+    Prunable,
     Unchanged,
 }
 
@@ -89,6 +95,7 @@ impl Action {
             Action::Delete => "-",
             Action::Conflict => "!",
             Action::Keep => "=",
+            Action::Prunable => "(-)",
             Action::Unchanged => " ",
         }
     }
@@ -102,13 +109,24 @@ impl Action {
             Action::Delete => "delete",
             Action::Conflict => "conflict",
             Action::Keep => "keep",
+            Action::Prunable => "not pruned",
             Action::Unchanged => "unchanged",
         }
     }
 
     /// Whether executing the plan writes the object.
     pub fn writes(self) -> bool {
-        !matches!(self, Action::Unchanged | Action::Conflict | Action::Keep)
+        !matches!(
+            self,
+            Action::Unchanged | Action::Conflict | Action::Keep | Action::Prunable
+        )
+    }
+
+    /// Whether the object differs in a way the apply of this plan acts on (or refuses to, for
+    /// a conflict): what `--detailed-exitcode` and the summary count. An object left alone
+    /// (kept, or prunable without prune) is not a change.
+    pub fn is_change(self) -> bool {
+        !matches!(self, Action::Unchanged | Action::Keep | Action::Prunable)
     }
 }
 
@@ -130,18 +148,37 @@ impl Plan {
         self.changes.iter().filter(|c| c.action == action).count()
     }
 
-    /// Whether anything differs; a kept object (prune disabled) is not a difference.
+    /// Whether the apply of this plan changes anything; a kept object (prune disabled) and
+    /// one only an apply with prune would delete are not changes.
     pub fn has_changes(&self) -> bool {
-        self.changes
-            .iter()
-            .any(|c| !matches!(c.action, Action::Unchanged | Action::Keep))
+        self.changes.iter().any(|c| c.action.is_change())
+    }
+
+    /// The plan of an apply without prune: each delete becomes [`Action::Prunable`], shown as
+    /// such and not counted as a delete, since that apply leaves the object where it is.
+    pub fn without_prune(mut self) -> Plan {
+        for change in &mut self.changes {
+            if change.action == Action::Delete {
+                change.action = Action::Prunable;
+                change.reason = PRUNABLE_REASON.to_owned();
+            }
+        }
+        self
     }
 
     /// `Plan: 2 to create, 1 to change, 1 to recreate, 0 to delete.`, with adoptions and
-    /// conflicts named when there are any.
+    /// conflicts named when there are any, and the objects only `--prune` would delete.
     pub fn summary(&self) -> String {
+        let prunable = match self.count(Action::Prunable) {
+            0 => String::new(),
+            1 => " 1 object removed from the repository would be pruned with --prune.".into(),
+            n => format!(" {n} objects removed from the repository would be pruned with --prune."),
+        };
         if !self.has_changes() {
-            return "No changes. The cluster matches the repository.".into();
+            if prunable.is_empty() {
+                return "No changes. The cluster matches the repository.".into();
+            }
+            return format!("No changes.{prunable}");
         }
         let adopt = match self.count(Action::Adopt) {
             0 => String::new(),
@@ -153,7 +190,7 @@ impl Plan {
             n => format!(" {n} objects belong to another source."),
         };
         format!(
-            "Plan: {} to create, {adopt}{} to change, {} to recreate, {} to delete.{conflicts}",
+            "Plan: {} to create, {adopt}{} to change, {} to recreate, {} to delete.{conflicts}{prunable}",
             self.count(Action::Create),
             self.count(Action::Update),
             self.count(Action::Recreate),
@@ -712,6 +749,49 @@ pub fn markdown(plan: &Plan, diffs: &BTreeMap<ObjectRef, String>) -> String {
 #[cfg(test)]
 mod output_tests {
     use super::*;
+
+    #[test]
+    fn without_prune_a_delete_is_prunable_shown_but_neither_counted_nor_a_change() {
+        let object = |name: &str| ObjectRef {
+            api_version: "v1".into(),
+            kind: "ConfigMap".into(),
+            namespace: "ns".into(),
+            name: name.into(),
+        };
+        let change = |name: &str, action| Change {
+            object: object(name),
+            action,
+            reason: "removed from the repository".into(),
+        };
+        let pruning = Plan {
+            changes: vec![change("a", Action::Delete), change("b", Action::Delete)],
+        };
+        assert_eq!(
+            pruning.summary(),
+            "Plan: 0 to create, 0 to change, 0 to recreate, 2 to delete."
+        );
+        let kept = pruning.clone().without_prune();
+        assert!(!kept.has_changes());
+        assert_eq!(kept.count(Action::Delete), 0);
+        assert_eq!(
+            kept.summary(),
+            "No changes. 2 objects removed from the repository would be pruned with --prune."
+        );
+        assert_eq!(
+            text(&kept, &BTreeMap::new()).lines().next(),
+            Some(
+                "(-) v1/ConfigMap ns/a (removed from the repository; would be pruned with --prune)"
+            )
+        );
+        let mut mixed = kept;
+        mixed.changes.push(change("c", Action::Update));
+        assert_eq!(
+            mixed.summary(),
+            "Plan: 0 to create, 1 to change, 0 to recreate, 0 to delete. 2 objects removed from \
+             the repository would be pruned with --prune."
+        );
+        assert!(!Action::Prunable.writes());
+    }
 
     #[test]
     fn markdown_has_the_summary_and_a_details_block_per_change() {

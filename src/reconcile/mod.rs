@@ -152,6 +152,12 @@ pub async fn plan(
 ) -> Result<Pass, ReconcileError> {
     let live = sync::fetch(cluster, &desired, &options).await?;
     let plan = plan::plan(&desired, &live.objects, &live.inventory);
+    // The plan says what this pass's apply does: without prune, nothing is deleted.
+    let plan = if options.prune {
+        plan
+    } else {
+        plan.without_prune()
+    };
     Ok(Pass {
         desired,
         live,

@@ -187,7 +187,7 @@ pub fn drifted(plan: &Plan) -> Option<String> {
     let drifted: Vec<String> = plan
         .changes
         .iter()
-        .filter(|c| !matches!(c.action, Action::Unchanged | Action::Keep))
+        .filter(|c| c.action.is_change())
         .map(|c| {
             let o = &c.object;
             let how = c
@@ -231,7 +231,7 @@ pub fn table(plan: &Plan) -> String {
             Action::Update | Action::Conflict => 1,
             Action::Recreate => 2,
             Action::Delete => 3,
-            Action::Keep | Action::Unchanged => continue,
+            Action::Keep | Action::Prunable | Action::Unchanged => continue,
         };
         by_kind.entry(&change.object.kind).or_default()[column] += 1;
     }
