@@ -45,7 +45,7 @@ pub fn assess(
         .plan
         .changes
         .iter()
-        .filter(|c| !matches!(c.action, Action::Unchanged | Action::Keep))
+        .filter(|c| c.action.is_change())
         .collect();
     // Reasons name fields, not values; still, whatever credential the drifted objects carry
     // is scrubbed from what becomes an Event note, a log line and the sources API.
