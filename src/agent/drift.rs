@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use crate::cluster::rollout;
 use crate::cluster::sync::owning_cr;
 use crate::cluster::Cluster;
-use crate::plan::{Action, Change, ObjectRef};
+use crate::plan::{Change, ObjectRef};
 use crate::reconcile::Pass;
 use crate::render::{sensitive, OPERATOR_MANAGED};
 
@@ -247,6 +247,7 @@ fn truncate(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
     use crate::cluster::sync::{Live, SyncOptions};
+    use crate::plan::Action;
     use crate::plan::Plan;
 
     fn object(kind: &str, name: &str) -> ObjectRef {
