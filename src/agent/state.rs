@@ -326,6 +326,15 @@ mod tests {
         }
     }
 
+    /// A source whose cluster is at `sha`, its only commit.
+    fn applied(sha: &str) -> (SourceState, Commit) {
+        let mut state = SourceState::default();
+        state.observe(sha);
+        let commit = deployed(&state);
+        state.finished(&commit, Outcome::Applied { wrote: true });
+        (state, commit)
+    }
+
     fn deployed(state: &SourceState) -> Commit {
         match state.step(false, false) {
             Step::Deploy(commit) => commit,
@@ -355,10 +364,7 @@ mod tests {
     fn a_failed_deploy_stays_owed_across_polls_and_drift_ticks() {
         // The lost commit of issue 15: the deploy of B failed during an API outage; polls
         // that find the same head must retry B, and a drift tick must not re-apply A.
-        let mut state = SourceState::default();
-        state.observe("a");
-        let a = deployed(&state);
-        state.finished(&a, Outcome::Applied { wrote: true });
+        let (mut state, _) = applied("a");
         state.observe("b");
         let b = deployed(&state);
         state.finished(&b, failed());
@@ -379,10 +385,7 @@ mod tests {
 
     #[test]
     fn an_invalid_head_is_not_retried_and_its_errors_stay_until_a_new_commit() {
-        let mut state = SourceState::default();
-        state.observe("a");
-        let a = deployed(&state);
-        state.finished(&a, Outcome::Applied { wrote: true });
+        let (mut state, a) = applied("a");
         state.observe("b");
         let b = deployed(&state);
         state.finished(
@@ -414,10 +417,7 @@ mod tests {
 
     #[test]
     fn a_half_applied_commit_is_finished_when_the_head_turns_invalid() {
-        let mut state = SourceState::default();
-        state.observe("a");
-        let a = deployed(&state);
-        state.finished(&a, Outcome::Applied { wrote: true });
+        let (mut state, _) = applied("a");
         state.observe("b");
         let b = deployed(&state);
         state.finished(&b, Outcome::Interrupted);
@@ -454,10 +454,7 @@ mod tests {
 
     #[test]
     fn a_force_push_back_to_an_applied_commit_is_a_new_head() {
-        let mut state = SourceState::default();
-        state.observe("a");
-        let a = deployed(&state);
-        state.finished(&a, Outcome::Applied { wrote: true });
+        let (mut state, _) = applied("a");
         state.observe("b");
         let b = deployed(&state);
         state.finished(&b, Outcome::Applied { wrote: true });
@@ -469,10 +466,7 @@ mod tests {
 
     #[test]
     fn rollouts_belong_to_the_applied_commit() {
-        let mut state = SourceState::default();
-        state.observe("a");
-        let a = deployed(&state);
-        state.finished(&a, Outcome::Applied { wrote: true });
+        let (mut state, a) = applied("a");
         state.rollout(&a, Rollout::Waiting);
         assert_eq!(state.view().rollout, Some(&Rollout::Waiting));
         state.rollout(&a, Rollout::Failed("pod x crashed".into()));

@@ -102,6 +102,16 @@ struct Spot {
 }
 
 impl Spot {
+    /// A whole string that is a credential as it stands.
+    fn whole(pointer: String, text: &str) -> Spot {
+        Spot {
+            pointer,
+            range: 0..text.len(),
+            written: text.to_owned(),
+            value: text.to_owned(),
+        }
+    }
+
     fn raw_forms(self) -> Vec<String> {
         let json = serde_json::to_string(&self.value).unwrap_or_default();
         let json = json
@@ -167,15 +177,7 @@ fn walk(node: &Value, pointer: String, out: &mut BTreeMap<String, Spot>) {
                 let field = AUTH_FIELDS.contains(&key.as_str()) || (auth_env && key == "value");
                 match child.as_str() {
                     Some(text) if field => {
-                        out.insert(
-                            path.clone(),
-                            Spot {
-                                pointer: path,
-                                range: 0..text.len(),
-                                written: text.to_owned(),
-                                value: text.to_owned(),
-                            },
-                        );
+                        out.insert(path.clone(), Spot::whole(path, text));
                     }
                     _ => walk(child, path, out),
                 }
@@ -188,15 +190,7 @@ fn walk(node: &Value, pointer: String, out: &mut BTreeMap<String, Spot>) {
                 let path = format!("{pointer}/{i}");
                 match child.as_str() {
                     Some(text) if after_flag && !text.starts_with('$') => {
-                        out.insert(
-                            path.clone(),
-                            Spot {
-                                pointer: path,
-                                range: 0..text.len(),
-                                written: text.to_owned(),
-                                value: text.to_owned(),
-                            },
-                        );
+                        out.insert(path.clone(), Spot::whole(path, text));
                         after_flag = false;
                     }
                     _ => {
