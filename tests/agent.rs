@@ -57,6 +57,15 @@ fn config_errors_name_the_file_line_and_field() {
     assert!(text.contains("agent.yaml:6:"), "{text}");
 
     let (code, text) = check(&format!(
+        "{HEADER}github: {{tokenEnv: GITHUB_TOKEN, requestTimeout: 0s}}\nsources:\n- name: prod\n  url: a\n"
+    ));
+    assert_eq!(code, 1, "{text}");
+    assert!(
+        text.contains("requestTimeout \"0s\" is not a positive duration"),
+        "{text}"
+    );
+
+    let (code, text) = check(&format!(
         "{HEADER}sources:\n- name: prod\n  url: a\n- name: prod\n  url: b\n"
     ));
     assert_eq!(code, 1, "{text}");

@@ -25,6 +25,7 @@ fn access(url: &str, token_file: &std::path::Path) -> GithubAccess {
         token_env: None,
         app: None,
         target_url: Some("https://meshops.example.com/api/v1/sources".into()),
+        request_timeout: None,
     }
 }
 
@@ -122,8 +123,17 @@ async fn a_request_that_keeps_failing_is_left_for_later_not_refused() {
 
 #[tokio::test]
 async fn a_request_is_bounded_in_time() {
-    let (fake, github, _dir) = token_client().await;
-    let github = github.with_request_timeout(Duration::from_millis(200));
+    let fake = FakeGithub::default();
+    let url = fake.start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "ghp_secret_token\n").unwrap();
+    // The bound as the agent config sets it (github.requestTimeout).
+    let github = GitHub::connect(&GithubAccess {
+        request_timeout: Some("200ms".into()),
+        ..access(&url, &token)
+    })
+    .unwrap();
     fake.set_hold(true);
     let status = Status::new("sync", "prod", State::Success, "applied");
     let err = github.post_status(REPO, SHA, &status).await.unwrap_err();
@@ -261,6 +271,7 @@ async fn app_client(lifetime: i64) -> (FakeGithub, GitHub, tempfile::TempDir) {
             private_key_file: private,
         }),
         target_url: None,
+        request_timeout: None,
     })
     .unwrap();
     (fake, github, dir)

@@ -69,6 +69,15 @@ pub fn load(path: &Path) -> Result<AgentConfig, Box<Validation>> {
                     Some(checked.document),
                 ));
             }
+            if let Some(text) = &github.request_timeout {
+                if agent::duration(text).is_none_or(|d| d.is_zero()) {
+                    found.push(error(
+                        format!("requestTimeout \"{text}\" is not a positive duration"),
+                        "/github/requestTimeout",
+                        Some(checked.document),
+                    ));
+                }
+            }
         }
         for (index, source) in config.sources.iter().enumerate() {
             if let Some(text) = &source.rollout_timeout {

@@ -154,6 +154,11 @@ impl GitHub {
             .base_uri(api_url)
             .map_err(|e| client(e.to_string()))?
             .set_connect_timeout(Some(Duration::from_secs(10)));
+        let timeout = access
+            .request_timeout
+            .as_deref()
+            .and_then(crate::model::agent::duration)
+            .unwrap_or(REQUEST_TIMEOUT);
         let (crab, app) = match (&access.token_file, &access.token_env, &access.app) {
             (Some(file), None, None) => (builder.personal_token(read(file)?), false),
             (None, Some(var), None) => {
@@ -175,12 +180,13 @@ impl GitHub {
                 let installation = as_app
                     .installation(app.installation_id.into())
                     .map_err(|e| client(e.to_string()))?;
-                return Ok(GitHub::new(installation, api_url, &access.target_url, true));
+                return Ok(GitHub::new(installation, api_url, &access.target_url, true)
+                    .with_request_timeout(timeout));
             }
             _ => return Err(GithubError::NoCredentials),
         };
         let crab = crab.build().map_err(|e| client(e.to_string()))?;
-        Ok(GitHub::new(crab, api_url, &access.target_url, app))
+        Ok(GitHub::new(crab, api_url, &access.target_url, app).with_request_timeout(timeout))
     }
 
     /// A client authenticated by `token` (the CLI in CI: `GITHUB_TOKEN`).

@@ -76,6 +76,10 @@ pub struct GithubAccess {
     pub app: Option<GithubApp>,
     /// Where a status's "Details" link points (e.g. this agent's sources API).
     pub target_url: Option<String>,
+    /// How long one request to GitHub may take, answer included (default 30s). Reports are
+    /// queued and retried, so this bounds only how long a slow GitHub holds one delivery.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    pub request_timeout: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
